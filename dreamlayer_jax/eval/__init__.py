@@ -1,0 +1,1 @@
+"""dreamlayer_jax.eval."""

@@ -1,0 +1,1 @@
+"""Stable Diffusion's models in flax.nnx (NHWC), loading diffusers-format weights."""
