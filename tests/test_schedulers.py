@@ -116,6 +116,8 @@ BASE_CASES = [
     ("dpm++2m", {**SD}),
     ("dpm++2m", {**COSINE, "timestep_spacing": "leading", "steps_offset": 1}),
 ]
+V_NOCLIP = {"prediction_type": "v_prediction", "clip_sample": False}
+SIGMA_MIN = {"final_sigmas_type": "sigma_min"}
 # (kind, config, steps, eta): the base cases for both prediction types, then variants.
 PARITY = [
     (kind, {**cfg, "prediction_type": pt}, 10, 0.0)
@@ -124,30 +126,10 @@ PARITY = [
 ] + [
     ("ddim", {**SD, "steps_offset": 1, "clip_sample": False}, 10, 0.6),
     ("ddim", {**LINEAR, "timestep_spacing": "linspace", "clip_sample": False}, 10, 1.0),
-    (
-        "ddim",
-        {
-            "rescale_betas_zero_snr": True,
-            "timestep_spacing": "trailing",
-            "clip_sample": False,
-            "prediction_type": "v_prediction",
-        },
-        10,
-        0.0,
-    ),
+    ("ddim", dict(rescale_betas_zero_snr=True, timestep_spacing="trailing", **V_NOCLIP), 10, 0.0),
     ("dpm++2m", {**SD, "use_karras_sigmas": True}, 20, 0.0),
     ("dpm++2m", {**SD, "timestep_spacing": "trailing", "prediction_type": "v_prediction"}, 8, 0.0),
-    (
-        "dpm++2m",
-        {
-            **LINEAR,
-            "solver_type": "heun",
-            "lower_order_final": False,
-            "final_sigmas_type": "sigma_min",
-        },
-        16,
-        0.0,
-    ),
+    ("dpm++2m", dict(LINEAR, solver_type="heun", lower_order_final=False, **SIGMA_MIN), 16, 0.0),
     ("euler", {**SD, "final_sigmas_type": "sigma_min", "prediction_type": "sample"}, 10, 0.0),
 ]
 
@@ -453,3 +435,12 @@ def test_schedulers_load_from_folders_and_save_configs_diffusers_reads(tmp_path)
     for key, value in loaded.config.to_dict().items():
         if key != "_class_name":
             assert theirs.config[key] == value, key
+
+
+def test_trained_betas_define_the_schedule():
+    betas = np.linspace(1e-4, 0.03, 50) ** 1.5
+    ref = diffusers.DDPMScheduler(num_train_timesteps=50, trained_betas=betas.tolist())
+    sched = scheduler_from_config(dict(ref.config), "ddpm")
+    np.testing.assert_allclose(sched.alphas_cumprod, ref.alphas_cumprod.numpy(), rtol=1e-6)
+    with pytest.raises(ConfigError, match="trained_betas"):
+        scheduler_from_config({"trained_betas": betas.tolist()}, "ddim")  # 50 != 1000 steps
