@@ -12,3 +12,20 @@ _cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
 if _cache:
     jax.config.update("jax_compilation_cache_dir", _cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random DreamLayer model folder (pixel codec, 8x8, 3 foregrounds max)."""
+    from tiny_model import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_model_dir):
+    from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
+
+    return DreamLayerPipeline.from_pretrained(tiny_model_dir)

@@ -61,32 +61,22 @@ def _summarise(kind: str, names: list[str]) -> str:
     return f"{len(names)} {kind}: {shown}{more}"
 
 
-def load_torch_state_into(
-    build: Callable[[], M],
+def _convert(
+    flat_specs: dict[tuple[Any, ...], Any],
     state_dict: Mapping[str, np.ndarray],
     *,
     what: str,
-    dtype: jnp.dtype | None = None,
-    ignore: Iterable[str] = (),
-    rename: Callable[[str], str] | None = None,
-) -> M:
-    """Build the module returned by `build()` with its parameters taken from `state_dict`.
-
-    `build` is traced abstractly (`nnx.eval_shape`), so no random initialisation is run.
-    `ignore` holds key substrings of the state dict that may be present without a
-    matching parameter (e.g. `position_ids` buffers); `rename` maps an nnx-derived key
-    to the key used in the state dict where the two differ. Every missing, unexpected
-    or mis-shaped tensor is reported in one `WeightsError` naming them.
-    """
-    abstract = nnx.eval_shape(build)
-    graphdef, state = nnx.split(abstract)
-    flat = traverse_util.flatten_dict(nnx.to_pure_dict(state))
+    dtype: jnp.dtype | None,
+    ignore: Iterable[str],
+    rename: Callable[[str], str] | None,
+) -> dict[tuple[Any, ...], jax.Array]:
+    """Match every nnx path of `flat_specs` to its tensor, or raise one `WeightsError`."""
     ignore = tuple(ignore)
     missing: list[str] = []
     misshaped: list[str] = []
     used: set[str] = set()
     new_flat: dict[tuple[Any, ...], jax.Array] = {}
-    for path, spec in flat.items():
+    for path, spec in flat_specs.items():
         key = torch_key(path)
         key = rename(key) if rename else key
         if key not in state_dict:
@@ -108,23 +98,72 @@ def load_torch_state_into(
     ]
     if problems:
         raise WeightsError(f"{what} weights do not fit the model: " + "; ".join(problems))
+    return new_flat
+
+
+def load_torch_state_into(
+    build: Callable[[], M],
+    state_dict: Mapping[str, np.ndarray],
+    *,
+    what: str,
+    dtype: jnp.dtype | None = None,
+    ignore: Iterable[str] = (),
+    rename: Callable[[str], str] | None = None,
+) -> M:
+    """Build the module returned by `build()` with its parameters taken from `state_dict`.
+
+    `build` is traced abstractly (`nnx.eval_shape`), so no random initialisation is run.
+    `ignore` holds key substrings of the state dict that may be present without a
+    matching parameter (e.g. `position_ids` buffers); `rename` maps an nnx-derived key
+    to the key used in the state dict where the two differ. Every missing, unexpected
+    or mis-shaped tensor is reported in one `WeightsError` naming them.
+    """
+    abstract = nnx.eval_shape(build)
+    graphdef, state = nnx.split(abstract)
+    flat = traverse_util.flatten_dict(nnx.to_pure_dict(state))
+    new_flat = _convert(flat, state_dict, what=what, dtype=dtype, ignore=ignore, rename=rename)
     nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(new_flat))
     return nnx.merge(graphdef, state)
 
 
-def _torch_shape(path: tuple[Any, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(_to_torch_layout(str(path[-1]), np.empty(shape, np.int8)).shape)
+def update_from_torch(
+    module: nnx.Module,
+    state_dict: Mapping[str, np.ndarray],
+    *,
+    what: str,
+    include: Callable[[tuple[Any, ...]], bool],
+    dtype: jnp.dtype | None = None,
+) -> None:
+    """Set the parameters of `module` selected by `include(path)` from `state_dict`, in place.
+
+    The selected parameters and the state dict must match exactly (same error as above).
+    """
+    state = nnx.state(module, nnx.Param)
+    flat = traverse_util.flatten_dict(nnx.to_pure_dict(state))
+    selected = {p: v for p, v in flat.items() if include(p)}
+    new_flat = _convert(selected, state_dict, what=what, dtype=dtype, ignore=(), rename=None)
+    nnx.update(module, nnx.State(traverse_util.unflatten_dict(new_flat)))
 
 
-def nnx_state_to_torch(module: nnx.Module, rename: Callable[[str], str] | None = None
-                       ) -> dict[str, np.ndarray]:
-    """The module's parameters as a PyTorch-layout state dict (float32 numpy arrays)."""
+def nnx_state_to_torch(
+    module: nnx.Module,
+    rename: Callable[[str], str] | None = None,
+    include: Callable[[tuple[Any, ...]], bool] | None = None,
+) -> dict[str, np.ndarray]:
+    """The module's parameters (those `include(path)` selects) as a PyTorch-layout state
+    dict of float32 numpy arrays."""
     state = nnx.state(module, nnx.Param)
     flat = traverse_util.flatten_dict(nnx.to_pure_dict(state))
     out: dict[str, np.ndarray] = {}
     for path, value in flat.items():
+        if include is not None and not include(path):
+            continue
         key = torch_key(path)
         key = rename(key) if rename else key
         array = np.asarray(jax.device_get(value), dtype=np.float32)
         out[key] = np.ascontiguousarray(_to_torch_layout(str(path[-1]), array))
     return out
+
+
+def _torch_shape(path: tuple[Any, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(_to_torch_layout(str(path[-1]), np.empty(shape, np.int8)).shape)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -57,13 +58,17 @@ class PretrainedMixin:
             ignore=cls.ignore_keys,
         )
 
-    def save_pretrained(self, folder: str | os.PathLike) -> Path:
-        """Write config.json and the weights (PyTorch layout, safetensors) to `folder`."""
+    def save_pretrained(
+        self, folder: str | os.PathLike, include: Callable[[tuple[Any, ...]], bool] | None = None
+    ) -> Path:
+        """Write config.json and the weights (PyTorch layout, safetensors) to `folder`.
+
+        `include(path)` selects the parameters to write (default: all)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         config = {"_class_name": self.torch_class_name or type(self).__name__,
                   **asdict(self.config)}
         (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         assert isinstance(self, nnx.Module)
-        save_state_dict(nnx_state_to_torch(self), folder, self.weights_name)
+        save_state_dict(nnx_state_to_torch(self, include=include), folder, self.weights_name)
         return folder

@@ -45,3 +45,41 @@ def tokenize(tokenizer: Any, prompts: list[str], max_length: int | None = None) 
     encoded = tokenizer(list(prompts), padding="max_length", max_length=length,
                         truncation=True, return_tensors="np")
     return np.asarray(encoded["input_ids"], dtype=np.int32)
+
+
+def write_word_tokenizer(folder: str | os.PathLike, words: list[str], max_length: int) -> None:
+    """Write a CLIP BPE tokenizer (vocab.json, merges.txt) in which every word of `words`
+    is one token; other text falls back to single characters. Used by small models
+    trained on a closed vocabulary (the built-in model)."""
+    import json
+    import string
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab: dict[str, int] = {}
+
+    def add(token: str) -> None:
+        vocab.setdefault(token, len(vocab))
+
+    for token in ("<|startoftext|>", "<|endoftext|>"):
+        add(token)
+    for ch in string.ascii_lowercase + string.digits + ".,'-!?":
+        add(ch)
+        add(ch + "</w>")
+    merges: list[str] = []
+    for word in sorted({w.lower() for w in words if w.isalnum()}):
+        pieces = [*word[:-1], word[-1] + "</w>"]
+        merged = pieces[0]
+        for piece in pieces[1:]:
+            rule = f"{merged} {piece}"
+            merged += piece
+            if rule not in merges:
+                merges.append(rule)
+            add(merged)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    config = {"model_max_length": max_length, "tokenizer_class": "CLIPTokenizer",
+              "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+              "pad_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))

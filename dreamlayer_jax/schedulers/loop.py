@@ -29,8 +29,12 @@ def sample_loop(
     start: int = 0,
     state: SamplerState | None = None,
     return_trajectory: bool = False,
+    post_step: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Run steps `start .. S-1` from the sample `x` (already scaled by `init_noise_sigma`).
+
+    `post_step(x, i)`, if given, rewrites the sample after step `i` (DreamLayer's IRH,
+    pinned layers); it sees the scheduler's output and its result feeds step `i + 1`.
 
     Stochastic schedulers use the noise of `jax.random.fold_in(key, i)` at step i. With
     `return_trajectory`, also returns the sample after each step, `[S - start, *x.shape]`.
@@ -42,6 +46,8 @@ def sample_loop(
         out = model_fn(sched.scale_model_input(plan, i, x), plan.timesteps[i], i)
         step_key = None if key is None else jax.random.fold_in(key, i)
         x, state = sched.step(plan, state, i, out, x, key=step_key)
+        if post_step is not None:
+            x = post_step(x, i)
         return (x, state), (x if return_trajectory else None)
 
     (x, _), trajectory = lax.scan(body, (x, state), jnp.arange(start, plan.num_steps))

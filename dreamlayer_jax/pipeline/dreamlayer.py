@@ -1,0 +1,229 @@
+"""`DreamLayerPipeline`: text to layers (and the building blocks of decompose / edit)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from dreamlayer_jax.attention.context import LayerContext, make_roles
+from dreamlayer_jax.errors import InputError, NumericalError
+from dreamlayer_jax.io import resolve_model_folder
+from dreamlayer_jax.models.clip import CLIPTextModel
+from dreamlayer_jax.models.layer_unet import DreamLayerConfig, DreamLayerUNet
+from dreamlayer_jax.models.tokenizer import load_tokenizer, tokenize
+from dreamlayer_jax.parallel.mesh import layer_sharding, replicated
+from dreamlayer_jax.pipeline.components import load_codec, load_dreamlayer_unet
+from dreamlayer_jax.pipeline.irh import IRHSettings
+from dreamlayer_jax.pipeline.layer_sampler import sample_layers
+from dreamlayer_jax.pipeline.progress import ProgressHook
+from dreamlayer_jax.pipeline.result import LayeredResult
+from dreamlayer_jax.pipeline.scene import FULL_BOX, Scene
+from dreamlayer_jax.schedulers.base import Scheduler
+from dreamlayer_jax.schedulers.factory import load_scheduler, scheduler_from_config
+
+GLOBAL_NOISE_SLOT = 1_000  # the global layer's noise stream, whatever the number of layers
+
+
+def builtin_model_path() -> Path:
+    """The small model trained by this project, shipped inside the package."""
+    return Path(__file__).resolve().parent.parent / "builtin"
+
+
+class DreamLayerPipeline:
+    """Generates a background, transparent foregrounds and the global picture together."""
+
+    def __init__(self, unet: DreamLayerUNet, text_encoder: CLIPTextModel, tokenizer: Any,
+                 codec: Any, scheduler: Scheduler, name: str = ""):
+        self.unet = unet
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.codec = codec
+        self.scheduler = scheduler
+        self.name = name
+        self._unet_graph, self._unet_params = nnx.split(unet)
+        self._progress = ProgressHook()
+        text_graph, text_params = nnx.split(text_encoder)
+        self._encode = jax.jit(
+            lambda params, ids: nnx.merge(text_graph, params)(ids).last_hidden_state)
+        self._text_params = text_params
+        self._decode = jax.jit(lambda z: codec.decode(z))
+
+    @property
+    def config(self) -> DreamLayerConfig:
+        return self.unet.config
+
+    @property
+    def max_foregrounds(self) -> int:
+        return self.config.max_layers - 2
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike | None = None, *,
+                        scheduler: str | None = None,
+                        dtype: jnp.dtype = jnp.float32) -> DreamLayerPipeline:
+        """Load a DreamLayer (or plain Stable Diffusion) folder or hub id; no argument:
+        the built-in model. `scheduler` overrides the folder's scheduler kind."""
+        if path is None:
+            path = builtin_model_path()
+            if not (path / "model_index.json").is_file():
+                raise InputError("the built-in model is not bundled with this version: "
+                                 "pass a model folder with --model")
+        folder = resolve_model_folder(path)
+        unet = load_dreamlayer_unet(folder, dtype)
+        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder",
+                                                     dtype=dtype)
+        tokenizer = load_tokenizer(folder)
+        codec = load_codec(folder, unet.config, dtype)
+        sched = load_scheduler(folder / "scheduler", scheduler)
+        return cls(unet, text_encoder, tokenizer, codec, sched, name=str(path))
+
+    def with_scheduler(self, name: str) -> Scheduler:
+        return scheduler_from_config(self.scheduler.config.to_dict(), name)
+
+    # -- text -----------------------------------------------------------------------
+    def encode_prompts(self, prompts: Sequence[str]) -> jax.Array:
+        """`[N, T, D]` text embeddings; prompts longer than the tokenizer's limit are
+        truncated with a warning."""
+        limit = self.tokenizer.model_max_length
+        for prompt in prompts:
+            if prompt and len(self.tokenizer(prompt)["input_ids"]) > limit:
+                warnings.warn(f"prompt truncated to {limit} tokens: {prompt[:40]!r}...",
+                              stacklevel=3)
+        return self._encode(self._text_params, jnp.asarray(tokenize(self.tokenizer, prompts)))
+
+    def layer_context(self, scenes: Sequence[Scene], *, caca: bool = True, lssa: bool = True,
+                      lssa_scope: str = "global") -> tuple[LayerContext, jax.Array]:
+        """The batch's `LayerContext` (padded to the largest scene) and empty-prompt text."""
+        num_layers = max(len(s.layers) for s in scenes) + 2
+        valid = np.zeros((len(scenes), num_layers), bool)
+        boxes = np.tile(np.array(FULL_BOX, np.float32), (len(scenes), num_layers, 1))
+        prompts = []
+        for b, scene in enumerate(scenes):
+            k = len(scene.layers)
+            valid[b, : k + 1] = valid[b, -1] = True
+            boxes[b, 1 : k + 1] = [layer.box for layer in scene.layers]
+            slots = [scene.background, *(l.prompt for l in scene.layers)]
+            prompts += slots + [""] * (num_layers - 1 - len(slots)) + [scene.prompt]
+        text = self.encode_prompts(prompts)
+        text = text.reshape(len(scenes), num_layers, *text.shape[1:])
+        uncond = jnp.broadcast_to(self.encode_prompts([""])[None], text.shape)
+        layer_valid = jnp.asarray(valid)
+        ctx = LayerContext(layer_valid=layer_valid, roles=make_roles(layer_valid),
+                           boxes=jnp.asarray(boxes), text=text, caca=caca, lssa=lssa,
+                           lssa_scope=lssa_scope, box_margin=self.config.box_margin)
+        return ctx, uncond
+
+    def initial_noise(self, seeds: Sequence[int], num_layers: int, shape: tuple[int, ...]
+                      ) -> jax.Array:
+        """Unit noise `[B, L, h, w, c]`: scene `b`'s layer in slot `l` draws from
+        `fold_in(key(seed_b), l)` (the global layer from a fixed stream), so the same
+        seed gives the same noise however the batch is padded."""
+        def one(seed):
+            key = jax.random.key(seed)
+            slots = [*range(num_layers - 1), GLOBAL_NOISE_SLOT]
+            return jnp.stack([jax.random.normal(jax.random.fold_in(key, s), shape)
+                              for s in slots])
+        return jnp.stack([one(s) for s in seeds])
+
+    def latent_shape(self, resolution: int | None = None) -> tuple[int, int, int]:
+        res = resolution or self.config.resolution
+        f = self.codec.downsample
+        return (res // f, res // f, self.codec.latent_channels)
+
+    # -- sampling -------------------------------------------------------------------
+    def __call__(self, scene: Scene | Sequence[Scene], num_inference_steps: int = 30,
+                 guidance_scale: float = 5.0, seed: int | Sequence[int] = 0, *,
+                 scheduler: str | None = None, caca: bool = True, lssa: bool = True,
+                 irh: bool = True, irh_start: float | None = None,
+                 irh_retain: float | None = None, lssa_scope: str = "global",
+                 mesh: Mesh | None = None, progress: bool = False
+                 ) -> LayeredResult | list[LayeredResult]:
+        """Sample one scene (or a batch of scenes) as layers; see `LayeredResult`."""
+        scenes = [scene] if isinstance(scene, Scene) else list(scene)
+        if not scenes:
+            raise InputError("no scene to sample")
+        seeds = [seed] * len(scenes) if isinstance(seed, int) else list(seed)
+        self._check_sampling_args(scenes, num_inference_steps, guidance_scale, seeds)
+        settings = IRHSettings(
+            enabled=irh,
+            start=self.config.irh_start if irh_start is None else float(irh_start),
+            retain=self.config.irh_retain if irh_retain is None else float(irh_retain))
+        sched = self.with_scheduler(scheduler) if scheduler else self.scheduler
+        plan = sched.set_timesteps(num_inference_steps)
+        ctx, uncond = self.layer_context(scenes, caca=caca, lssa=lssa, lssa_scope=lssa_scope)
+        noise = self.initial_noise(seeds, ctx.num_layers, self.latent_shape())
+        x = noise * sched.init_noise_sigma(plan)
+        latents = self.run_sampler(sched, plan, ctx, uncond, x, guidance_scale, seeds[0],
+                                   settings, mesh=mesh, progress=progress)
+        results = self.to_results(scenes, latents, ctx, info={
+            "seed": seeds, "steps": num_inference_steps, "guidance_scale": guidance_scale,
+            "scheduler": sched.kind, "model": self.name, "caca": caca, "lssa": lssa,
+            "irh": irh, "irh_start": settings.start, "irh_retain": settings.retain})
+        return results[0] if isinstance(scene, Scene) else results
+
+    def run_sampler(self, sched: Scheduler, plan, ctx: LayerContext, uncond: jax.Array,
+                    x: jax.Array, guidance_scale: float, seed: int, settings: IRHSettings, *,
+                    mode: str = "generate", pinned: jax.Array | None = None,
+                    layer_noise: jax.Array | None = None, start: int = 0,
+                    mesh: Mesh | None = None, progress: bool = False) -> jax.Array:
+        """Run the jitted sampler; with a `mesh`, latents are laid out `[B, L]` over
+        `("data", "fsdp") x "layer"` and the parameters replicated."""
+        params, sharding = self._unet_params, None
+        if mesh is not None:
+            sharding = layer_sharding(mesh, x.ndim)
+            x = jax.device_put(x, sharding)
+            ctx = jax.tree.map(lambda a: jax.device_put(a, layer_sharding(mesh, a.ndim)), ctx)
+            uncond = jax.device_put(uncond, layer_sharding(mesh, uncond.ndim))
+            params = jax.device_put(params, replicated(mesh))
+        with self._progress.bar(plan.num_steps - start, enabled=progress):
+            return sample_layers(
+                self._unet_graph, params, sched, plan, ctx, uncond, x,
+                jnp.float32(guidance_scale), jax.random.key(seed),
+                compositor=self.codec.compositor, irh=settings, mode=mode, pinned=pinned,
+                layer_noise=layer_noise, start=start, sharding=sharding,
+                progress=self._progress if progress else None)
+
+    def _check_sampling_args(self, scenes, steps, guidance, seeds) -> None:
+        for s in scenes:
+            if not isinstance(s, Scene):
+                raise InputError(f"expected a Scene, got {type(s).__name__}")
+            s.check_fits(self.max_foregrounds)
+        if not isinstance(steps, int | np.integer) or steps < 1:
+            raise InputError(f"num_inference_steps must be a positive integer, got {steps!r}")
+        if not np.isfinite(guidance) or guidance < 0:
+            raise InputError(f"guidance_scale must be >= 0, got {guidance!r}")
+        if len(seeds) != len(scenes):
+            raise InputError(f"{len(seeds)} seeds for {len(scenes)} scenes")
+
+    # -- decoding -------------------------------------------------------------------
+    def to_results(self, scenes: Sequence[Scene], latents: jax.Array, ctx: LayerContext,
+                   info: dict[str, Any]) -> list[LayeredResult]:
+        """Decode `latents[B, L, h, w, c]` into pictures; refuses non-finite latents."""
+        latents = np.asarray(jax.device_get(latents), np.float32)
+        if not np.isfinite(latents).all():
+            raise NumericalError("the sampled latents contain NaN or Inf (numerical overflow); "
+                                 "run in float32 or bfloat16 instead of float16")
+        b, num_layers = latents.shape[:2]
+        rgba = np.asarray(self._decode(jnp.asarray(latents.reshape(b * num_layers,
+                                                                   *latents.shape[2:]))))
+        rgba = (np.clip(rgba, 0, 1) * 255 + 0.5).astype(np.uint8)
+        rgba = rgba.reshape(b, num_layers, *rgba.shape[1:])
+        results = []
+        for i, scene in enumerate(scenes):
+            k = len(scene.layers)
+            slots = [*range(k + 1), num_layers - 1]
+            scene_info = {**info, "seed": info["seed"][i]} if "seed" in info else info
+            results.append(LayeredResult(
+                scene=scene, background=rgba[i, 0, ..., :3].copy(),
+                layers=[rgba[i, l].copy() for l in range(1, k + 1)],
+                composite=rgba[i, -1, ..., :3].copy(), info=scene_info,
+                latents=latents[i, slots]))
+        return results

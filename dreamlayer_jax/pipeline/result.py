@@ -1,0 +1,98 @@
+"""`LayeredResult`: the pictures of one generated scene, and how they are saved."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from dreamlayer_jax.data.compositing import preview_strip
+from dreamlayer_jax.errors import OutputError
+from dreamlayer_jax.io.layered_files import write_ora, write_psd
+from dreamlayer_jax.pipeline.scene import Scene
+
+
+@dataclass
+class LayeredResult:
+    """Background `uint8[H, W, 3]`, foregrounds `uint8[H, W, 4]` (straight alpha) in paint
+    order, the global layer `composite` `uint8[H, W, 3]`, and how they were made.
+
+    `latents` holds the final layer latents `[L, h, w, c]` (valid slots only, slot order)
+    so that the scene can be edited later in latent space.
+    """
+
+    scene: Scene
+    background: np.ndarray
+    layers: list[np.ndarray]
+    composite: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+    latents: np.ndarray | None = None
+
+    def layer_names(self) -> list[str]:
+        return [f"{i:02d} {layer.prompt}" for i, layer in enumerate(self.scene.layers, start=1)]
+
+    def save(self, out_dir: str | os.PathLike) -> Path:
+        """Write every output into `out_dir`, atomically.
+
+        Files: background.png, layer_01.png ... (RGBA), composite.png, scene.json,
+        layers.psd, layers.ora, preview.png and latents.safetensors. They are written
+        into a temporary folder beside `out_dir` and moved into place at the end, so an
+        interrupted run leaves nothing half-written. An existing `out_dir` must be empty.
+        """
+        out = Path(out_dir)
+        if out.exists() and not out.is_dir():
+            raise OutputError(f"output path {str(out)!r} exists and is not a folder")
+        if out.is_dir() and any(out.iterdir()):
+            raise OutputError(f"output folder {str(out)!r} is not empty")
+        parent = out.parent if str(out.parent) else Path(".")
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+        except OSError as exc:
+            raise OutputError(f"cannot write to {str(parent)!r}: {exc.strerror}") from exc
+        try:
+            self._write_files(tmp)
+            if out.is_dir():
+                out.rmdir()
+            os.replace(tmp, out)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise OutputError(f"cannot write results to {str(out)!r}: {exc.strerror}") from exc
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return out
+
+    def _write_files(self, folder: Path) -> None:
+        Image.fromarray(self.background).save(folder / "background.png")
+        files = []
+        for i, layer in enumerate(self.layers, start=1):
+            name = f"layer_{i:02d}.png"
+            Image.fromarray(layer, mode="RGBA").save(folder / name)
+            files.append(name)
+        Image.fromarray(self.composite).save(folder / "composite.png")
+        names = self.layer_names()
+        write_psd(folder / "layers.psd", self.background, self.layers, names)
+        write_ora(folder / "layers.ora", self.background, self.layers, names, self.composite)
+        Image.fromarray(preview_strip(self.background, self.layers, self.composite)).save(
+            folder / "preview.png"
+        )
+        if self.latents is not None:
+            from safetensors.numpy import save_file
+
+            save_file({"latents": np.ascontiguousarray(self.latents, np.float32)},
+                      str(folder / "latents.safetensors"))
+        record = self.scene.to_dict()
+        record["background"]["file"] = "background.png"
+        for entry, name in zip(record["layers"], files):
+            entry["file"] = name
+        record["composite"] = "composite.png"
+        record.update(self.info)
+        (folder / "scene.json").write_text(json.dumps(record, indent=2) + "\n")

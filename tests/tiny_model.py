@@ -1,0 +1,34 @@
+"""A tiny random DreamLayer model folder for tests (written by the tests themselves)."""
+
+from pathlib import Path
+
+from dreamlayer_jax.data.synthetic_vocab import VOCABULARY
+from dreamlayer_jax.pipeline.create import create_model_folder
+
+TINY_UNET = {
+    "sample_size": 8,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+    "block_out_channels": [16, 32],
+    "layers_per_block": 1,
+    "attention_head_dim": 8,
+    "norm_num_groups": 8,
+    "cross_attention_dim": 16,
+}
+TINY_TEXT = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+             "num_attention_heads": 2, "max_position_embeddings": 32, "hidden_act": "quick_gelu"}
+TINY_SCHEDULER = {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000,
+                  "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+                  "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}
+WORDS = [*VOCABULARY, "in", "front", "of", "on", "with"]
+
+
+def write_tiny_model(folder: Path, max_layers: int = 5, seed: int = 0) -> Path:
+    """8x8 pixels (pixel codec, no unshuffle), up to `max_layers - 2` foregrounds."""
+    return create_model_folder(
+        folder, unet=TINY_UNET, text_encoder=TINY_TEXT, words=WORDS,
+        dreamlayer={"max_layers": max_layers, "codec": "pixel", "resolution": 8,
+                    "box_margin": 0.0},
+        scheduler=TINY_SCHEDULER, seed=seed)
