@@ -1,0 +1,95 @@
+"""Multi-head attention of Stable Diffusion's transformer blocks, with a pluggable kernel.
+
+The attention itself (softmax of scaled scores times values) is an `AttendFn` on
+`[N, T, heads, head_dim]` arrays; by default `jax.nn.dot_product_attention`. The DreamLayer
+UNet swaps in layer-aware functions through a `LayerAttentionContext` without touching
+the projections, so pretrained weights keep working unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+AttendFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+"""`fn(q[N, Tq, heads, d], k[N, Tk, heads, d], v[N, Tk, heads, d]) -> [N, Tq, heads, d]`.
+
+The function applies the `1 / sqrt(d)` scale itself, as `jax.nn.dot_product_attention` does.
+"""
+
+
+class LayerAttentionContext(Protocol):
+    """What `Transformer2DModel` asks of the `layer_ctx` object passed through the UNet."""
+
+    def attention_fns(self, h: int, w: int) -> tuple[AttendFn | None, AttendFn | None]:
+        """The (self-attention, cross-attention) functions of a block at spatial size `h x w`.
+
+        `None` for either means plain `jax.nn.dot_product_attention`.
+        """
+        ...
+
+
+def dot_product_attend(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Plain softmax attention, `[N, Tq, heads, d]` from q, k, v in `[N, T, heads, d]`."""
+    return jax.nn.dot_product_attention(q, k, v)
+
+
+class Attention(nnx.Module):
+    """Self-attention (`context=None`) or cross-attention over `context[N, Tk, context_dim]`.
+
+    `x[N, Tq, query_dim] -> [N, Tq, query_dim]`: q/k/v projections without bias, the
+    attention per head, then `to_out.0` (with bias). `to_out.1` is diffusers' dropout slot,
+    a no-op here. With `upcast` the attention runs in float32 whatever the compute dtype.
+    """
+
+    def __init__(
+        self,
+        query_dim: int,
+        *,
+        heads: int,
+        head_dim: int,
+        context_dim: int | None = None,
+        upcast: bool = False,
+        rngs: nnx.Rngs,
+        dtype: jnp.dtype = jnp.float32,
+    ):
+        inner = heads * head_dim
+        context_dim = query_dim if context_dim is None else context_dim
+        self.heads = heads
+        self.head_dim = head_dim
+        self.upcast = upcast
+        self.to_q = nnx.Linear(query_dim, inner, use_bias=False, dtype=dtype, rngs=rngs)
+        self.to_k = nnx.Linear(context_dim, inner, use_bias=False, dtype=dtype, rngs=rngs)
+        self.to_v = nnx.Linear(context_dim, inner, use_bias=False, dtype=dtype, rngs=rngs)
+        self.to_out = nnx.List(
+            [nnx.Linear(inner, query_dim, dtype=dtype, rngs=rngs), nnx.Dropout(0.0)]
+        )
+
+    def _split_heads(self, x: jax.Array) -> jax.Array:
+        n, t, _ = x.shape
+        return x.reshape(n, t, self.heads, self.head_dim)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        context: jax.Array | None = None,
+        *,
+        attend: AttendFn | None = None,
+    ) -> jax.Array:
+        context = x if context is None else context
+        q = self._split_heads(self.to_q(x))
+        k = self._split_heads(self.to_k(context))
+        v = self._split_heads(self.to_v(context))
+        compute_dtype = q.dtype
+        if self.upcast:
+            q, k, v = (a.astype(jnp.float32) for a in (q, k, v))
+        out = (attend or dot_product_attend)(q, k, v).astype(compute_dtype)
+        n, t = out.shape[:2]
+        out = out.reshape(n, t, self.heads * self.head_dim)
+        for layer in self.to_out:
+            out = layer(out)
+        return out

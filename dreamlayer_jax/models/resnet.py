@@ -1,0 +1,128 @@
+"""Stable Diffusion's residual block and its down/up-samplers (NHWC)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+
+def group_norm(
+    channels: int, groups: int, eps: float, *, rngs: nnx.Rngs, dtype: jnp.dtype
+) -> nnx.GroupNorm:
+    """A `GroupNorm` over the last axis computing its variance like `torch.nn.GroupNorm`."""
+    return nnx.GroupNorm(
+        channels, num_groups=groups, epsilon=eps, use_fast_variance=False, dtype=dtype, rngs=rngs
+    )
+
+
+def conv2d(
+    in_channels: int,
+    out_channels: int,
+    kernel: int,
+    *,
+    stride: int = 1,
+    padding: int | tuple[tuple[int, int], tuple[int, int]] | None = None,
+    rngs: nnx.Rngs,
+    dtype: jnp.dtype,
+) -> nnx.Conv:
+    """A 2-D conv with torch's explicit padding (default `(kernel - 1) // 2` on every side)."""
+    if padding is None:
+        padding = (kernel - 1) // 2
+    if isinstance(padding, int):
+        padding = ((padding, padding), (padding, padding))
+    return nnx.Conv(
+        in_channels, out_channels, (kernel, kernel), strides=stride, padding=padding,
+        dtype=dtype, rngs=rngs,
+    )
+
+
+class ResnetBlock2D(nnx.Module):
+    """`(shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + proj(silu(temb)))))) / scale`.
+
+    Maps `x[N, H, W, in_channels]` and `temb[N, temb_channels]` to `[N, H, W, out_channels]`;
+    the shortcut is a 1x1 conv when the channel count changes.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        temb_channels: int,
+        *,
+        groups: int,
+        eps: float,
+        output_scale_factor: float = 1.0,
+        rngs: nnx.Rngs,
+        dtype: jnp.dtype = jnp.float32,
+    ):
+        self.output_scale_factor = output_scale_factor
+        self.norm1 = group_norm(in_channels, groups, eps, rngs=rngs, dtype=dtype)
+        self.conv1 = conv2d(in_channels, out_channels, 3, rngs=rngs, dtype=dtype)
+        self.time_emb_proj = nnx.Linear(temb_channels, out_channels, dtype=dtype, rngs=rngs)
+        self.norm2 = group_norm(out_channels, groups, eps, rngs=rngs, dtype=dtype)
+        self.conv2 = conv2d(out_channels, out_channels, 3, rngs=rngs, dtype=dtype)
+        self.conv_shortcut = (
+            conv2d(in_channels, out_channels, 1, rngs=rngs, dtype=dtype)
+            if in_channels != out_channels
+            else None
+        )
+
+    def __call__(self, x: jax.Array, temb: jax.Array) -> jax.Array:
+        h = self.conv1(jax.nn.silu(self.norm1(x)))
+        h = h + self.time_emb_proj(jax.nn.silu(temb))[:, None, None, :]
+        h = self.conv2(jax.nn.silu(self.norm2(h)))
+        shortcut = self.conv_shortcut(x) if self.conv_shortcut is not None else x
+        out = shortcut + h
+        if self.output_scale_factor != 1.0:
+            out = out / self.output_scale_factor
+        return out
+
+
+class Downsample2D(nnx.Module):
+    """A stride-2 3x3 conv: `[N, H, W, C] -> [N, ceil(H / 2), ceil(W / 2), C]` for padding 1.
+
+    `padding=0` pads one row and column at the bottom/right only, as diffusers does.
+    """
+
+    def __init__(
+        self, channels: int, *, padding: int = 1, rngs: nnx.Rngs, dtype: jnp.dtype = jnp.float32
+    ):
+        pads = ((0, 1), (0, 1)) if padding == 0 else ((padding, padding), (padding, padding))
+        self.conv = conv2d(channels, channels, 3, stride=2, padding=pads, rngs=rngs, dtype=dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.conv(x)
+
+
+def _nearest_indices(in_size: int, out_size: int) -> np.ndarray:
+    """Source indices of torch's `interpolate(mode="nearest")` along one axis."""
+    if out_size == 2 * in_size:
+        return np.arange(out_size) // 2
+    if out_size == in_size:
+        return np.arange(out_size)
+    scale = np.float32(in_size) / np.float32(out_size)
+    index = np.floor(np.arange(out_size, dtype=np.float32) * scale).astype(np.int64)
+    return np.minimum(index, in_size - 1)
+
+
+def resize_nearest(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """`x[N, H, W, C] -> [N, size[0], size[1], C]`, nearest neighbour as in PyTorch."""
+    _, height, width, _ = x.shape
+    if tuple(size) == (2 * height, 2 * width):
+        return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    x = jnp.take(x, _nearest_indices(height, size[0]), axis=1)
+    return jnp.take(x, _nearest_indices(width, size[1]), axis=2)
+
+
+class Upsample2D(nnx.Module):
+    """Nearest-neighbour upsampling (x2, or to `output_size`) followed by a 3x3 conv."""
+
+    def __init__(self, channels: int, *, rngs: nnx.Rngs, dtype: jnp.dtype = jnp.float32):
+        self.conv = conv2d(channels, channels, 3, rngs=rngs, dtype=dtype)
+
+    def __call__(self, x: jax.Array, output_size: tuple[int, int] | None = None) -> jax.Array:
+        _, height, width, _ = x.shape
+        size = (2 * height, 2 * width) if output_size is None else tuple(output_size)
+        return self.conv(resize_nearest(x, size))
