@@ -1,0 +1,176 @@
+"""`TrainConfig`: every knob of a training run, loaded from a `configs/*.py` file.
+
+A config file defines `get_config()` returning a `TrainConfig` or a dict of its fields;
+`--set key=value` overrides single fields (values parsed as Python literals, falling
+back to the raw string).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dreamlayer_jax.errors import ConfigError
+
+MODES = ("diffusion", "transparency")
+TRAIN_PARAMS = ("all", "dreamlayer")  # all UNet weights, or only role embedding + LoRA
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run. `batch_size` is global (split over processes and the mesh)."""
+
+    # model and data
+    model: str = ""  # base model folder (diffusers layout, optionally with dreamlayer/)
+    data_dir: str = ""  # TFDS dataset folder; "" = in-memory synthetic scenes
+    split: str = "train"
+    synthetic_scenes: int = 64  # in-memory source size when data_dir is ""
+    synthetic_resolution: int = 16
+    max_layers: int = 0  # L_max of the batch; 0 = the model's max_layers
+    mode: str = "diffusion"
+    # optimisation
+    seed: int = 0
+    num_steps: int = 1000
+    batch_size: int = 4
+    learning_rate: float = 1e-4
+    warmup_steps: int = 100
+    end_lr_ratio: float = 0.1  # cosine decays to learning_rate * end_lr_ratio
+    weight_decay: float = 1e-2
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    ema_decay: float = 0.999
+    train_params: str = "all"
+    compute_dtype: str = "float32"  # "bfloat16": bf16 compute, f32 master weights
+    # objective
+    prediction_type: str = ""  # "" = the scheduler's
+    min_snr_gamma: float = 0.0  # 0 = off
+    role_loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # bg, fg, global
+    flip_prob: float = 0.5
+    prompt_dropout: float = 0.1
+    caca: bool = True
+    lssa: bool = True
+    max_nonfinite: int = 10  # consecutive skipped steps before the run stops
+    # scale
+    mesh: tuple[int, int, int] = (-1, 1, 1)  # (data, fsdp, layer)
+    # bookkeeping
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    async_checkpoints: bool = True
+    log_every: int = 10
+    sample_every: int = 0  # 0 = never
+    sample_steps: int = 10
+    eval_scenes: int = 4
+    export: bool = True
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def positive(name: str) -> None:
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"train config: {name}={getattr(self, name)!r} must be >= 1")
+
+        for name in ("num_steps", "batch_size", "grad_accum", "checkpoint_every",
+                     "keep_checkpoints", "log_every", "max_nonfinite", "sample_steps",
+                     "eval_scenes", "synthetic_scenes"):
+            positive(name)
+        if self.mode not in MODES:
+            raise ConfigError(f"train config: mode={self.mode!r} must be one of {MODES}")
+        if self.train_params not in TRAIN_PARAMS:
+            raise ConfigError(f"train config: train_params={self.train_params!r} must be "
+                              f"one of {TRAIN_PARAMS}")
+        if self.compute_dtype not in DTYPES:
+            raise ConfigError(f"train config: compute_dtype={self.compute_dtype!r} must be "
+                              f"one of {DTYPES}")
+        if self.prediction_type not in ("", "epsilon", "v_prediction", "sample"):
+            raise ConfigError(f"train config: prediction_type={self.prediction_type!r}")
+        if not self.learning_rate > 0 or not 0 <= self.end_lr_ratio <= 1:
+            raise ConfigError("train config: learning_rate must be > 0 and end_lr_ratio in [0, 1]")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"train config: ema_decay={self.ema_decay} must lie in [0, 1)")
+        if self.warmup_steps < 0 or self.sample_every < 0 or self.min_snr_gamma < 0:
+            raise ConfigError("train config: warmup_steps, sample_every and min_snr_gamma "
+                              "must be >= 0")
+        if len(self.role_loss_weights) != 3 or min(self.role_loss_weights) < 0:
+            raise ConfigError("train config: role_loss_weights must be three weights >= 0 "
+                              "(background, foreground, global)")
+        if len(self.mesh) != 3:
+            raise ConfigError(f"train config: mesh={self.mesh!r} must be (data, fsdp, layer)")
+        if self.max_layers and self.max_layers < 3:
+            raise ConfigError(f"train config: max_layers={self.max_layers} must be >= 3")
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """`value` in the type of the field's default (tuples stay tuples, ints ints)."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1")
+            return bool(value)
+        if isinstance(default, tuple):
+            return tuple(type(d)(v) for d, v in zip(default, value, strict=True))
+        if isinstance(default, int | float | str):
+            return type(default)(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"train config: {name}={value!r} is not a valid "
+                          f"{type(default).__name__}") from exc
+    return value
+
+
+def config_from_dict(values: Mapping[str, Any]) -> TrainConfig:
+    """A `TrainConfig` from a dict; unknown keys are errors (a typo must not pass)."""
+    defaults = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+                for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - set(defaults))
+    if unknown:
+        raise ConfigError(f"train config: unknown keys {unknown}")
+    return TrainConfig(**{k: _coerce(k, v, defaults[k]) for k, v in values.items()})
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """`["key=value", ...]` -> dict; values are Python literals or plain strings."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        try:
+            out[key.strip()] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = raw
+    return out
+
+
+def load_config_file(path: str | os.PathLike, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Run `path`'s `get_config()` and apply `key=value` overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    spec = importlib.util.spec_from_file_location(f"_dreamlayer_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # a broken config file is a user error
+        raise ConfigError(f"config file {path} failed to load: {exc}") from exc
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path} defines no get_config()")
+    base = module.get_config()
+    values = dataclasses.asdict(base) if isinstance(base, TrainConfig) else dict(base)
+    values.update(parse_overrides(overrides))
+    return config_from_dict(values)

@@ -1,0 +1,84 @@
+"""Training logs: TensorBoard scalars (tensorboardX), a tqdm bar, sample grids as PNG."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+SCALARS = ("loss", "grad_norm", "lr", "steps_per_second", "skipped")
+
+
+def over_checkerboard(rgba: np.ndarray, cell: int = 4) -> np.ndarray:
+    """`uint8[H, W, 3]`: an RGBA layer shown over a grey checkerboard."""
+    h, w = rgba.shape[:2]
+    yy, xx = np.mgrid[:h, :w]
+    board = np.where(((yy // cell + xx // cell) % 2)[..., None] == 0, 200.0, 140.0)
+    alpha = rgba[..., 3:4].astype(np.float32) / 255.0
+    return (rgba[..., :3] * alpha + board * (1.0 - alpha) + 0.5).astype(np.uint8)
+
+
+def layer_grid(results: Sequence[Any]) -> np.ndarray:
+    """`uint8[rows*H, cols*W, 3]`: one row per scene: background, foregrounds, global."""
+    rows = []
+    for r in results:
+        tiles = [r.background, *(over_checkerboard(layer) for layer in r.layers), r.composite]
+        rows.append(tiles)
+    cols = max(len(t) for t in rows)
+    h, w = rows[0][0].shape[:2]
+    grid = np.zeros((len(rows) * h, cols * w, 3), np.uint8)
+    for i, tiles in enumerate(rows):
+        for j, tile in enumerate(tiles):
+            grid[i * h:(i + 1) * h, j * w:(j + 1) * w] = tile[..., :3]
+    return grid
+
+
+class _NoBar:
+    def update(self, n: int) -> None: ...
+    def set_postfix(self, **kw: Any) -> None: ...
+    def close(self) -> None: ...
+
+
+class MetricsLogger:
+    """Writes under `workdir/tensorboard` and `workdir/samples` (process 0 only)."""
+
+    def __init__(self, workdir: str | os.PathLike, enabled: bool = True):
+        self.workdir, self.enabled = Path(workdir), enabled
+        self.writer = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.workdir / "tensorboard"))
+
+    def progress(self, start: int, total: int, enabled: bool = True):
+        if not (enabled and self.enabled):
+            return _NoBar()
+        return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+    def scalars(self, step: int, metrics: Mapping[str, Any]) -> None:
+        if self.writer is None:
+            return
+        for name in SCALARS:
+            if name in metrics:
+                self.writer.add_scalar(f"train/{name}", float(metrics[name]), step)
+        self.writer.flush()
+
+    def sample_grid(self, step: int, results: Sequence[Any]) -> Path | None:
+        if self.writer is None:
+            return None
+        grid = layer_grid(results)
+        path = self.workdir / "samples" / f"step_{step:08d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grid).save(path)
+        self.writer.add_image("samples/layers", grid, step, dataformats="HWC")
+        self.writer.flush()
+        return path
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,235 @@
+"""The trainer: data -> sharded steps -> logs, samples, checkpoints -> an exported model.
+
+    trainer = Trainer(cfg, workdir)         # loads the base model, data, mesh, optimiser
+    trainer.run(resume=True)                # trains to cfg.num_steps; returns the history
+    trainer.export(folder)                  # EMA weights as a loadable model folder
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from dreamlayer_jax.data.input_pipeline import make_eval_scenes, make_train_iterator
+from dreamlayer_jax.data.scene_example import scene_to_example
+from dreamlayer_jax.data.synthetic import SyntheticSceneGenerator
+from dreamlayer_jax.errors import ConfigError, DataError, DreamLayerError, NumericalError
+from dreamlayer_jax.io import resolve_model_folder
+from dreamlayer_jax.models.tokenizer import tokenize
+from dreamlayer_jax.parallel.mesh import make_mesh
+from dreamlayer_jax.pipeline.components import save_dreamlayer_unet
+from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
+from dreamlayer_jax.training.checkpoint import Checkpointer, abstract_like
+from dreamlayer_jax.training.config import TrainConfig
+from dreamlayer_jax.training.logging import MetricsLogger
+from dreamlayer_jax.training.optimizer import make_optimizer
+from dreamlayer_jax.training.state import TrainState, init_train_state
+from dreamlayer_jax.training.step import (
+    jit_train_step,
+    make_loss_fn,
+    make_train_step,
+    place_batch,
+    state_shardings,
+)
+
+COPIED_PARTS = ("text_encoder", "tokenizer", "scheduler", "vae", "transparency_decoder",
+                "model_index.json")
+
+
+def synthetic_source(cfg: TrainConfig, max_layers: int) -> list[dict[str, Any]]:
+    """An in-memory source of `cfg.synthetic_scenes` generated scenes (no dataset needed)."""
+    gen = SyntheticSceneGenerator(resolution=cfg.synthetic_resolution,
+                                  max_foregrounds=max_layers - 2)
+    return [scene_to_example(gen.sample((cfg.seed, i)), f"synthetic-{i}")
+            for i in range(cfg.synthetic_scenes)]
+
+
+def load_train_source(cfg: TrainConfig, max_layers: int):
+    if not cfg.data_dir:
+        return synthetic_source(cfg, max_layers)
+    if not Path(cfg.data_dir).exists():
+        raise DataError(f"dataset folder {cfg.data_dir} does not exist")
+    from dreamlayer_jax.data.tfds_builder import load_source
+
+    try:
+        return load_source(cfg.data_dir, cfg.split)
+    except DreamLayerError:
+        raise
+    except Exception as exc:
+        raise DataError(f"cannot read dataset {cfg.data_dir} ({cfg.split}): {exc}") from exc
+
+
+class Trainer:
+    """One training run in `workdir` (checkpoints/, tensorboard/, samples/, export/)."""
+
+    def __init__(self, cfg: TrainConfig, workdir: str | os.PathLike, *,
+                 mesh: Mesh | None = None,
+                 on_checkpoint: Callable[[int], None] | None = None) -> None:
+        if cfg.mode != "diffusion":
+            raise ConfigError(f"mode={cfg.mode!r} is not implemented by this trainer yet")
+        if not cfg.model:
+            raise ConfigError("train config: model (the base model folder) is required")
+        self.cfg, self.workdir = cfg, Path(workdir)
+        self.on_checkpoint = on_checkpoint
+        self.base_folder = resolve_model_folder(cfg.model)
+        self.pipe = DreamLayerPipeline.from_pretrained(self.base_folder)
+        self.max_layers = cfg.max_layers or self.pipe.config.max_layers
+        self.mesh = mesh if mesh is not None else make_mesh(*cfg.mesh)
+        shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        if cfg.batch_size % shards or cfg.batch_size % jax.process_count():
+            raise ConfigError(f"batch_size={cfg.batch_size} must divide by data*fsdp={shards} "
+                              f"and by the {jax.process_count()} processes")
+        if self.max_layers % self.mesh.shape["layer"]:
+            raise ConfigError(f"max_layers={self.max_layers} must divide by the mesh's layer "
+                              f"axis ({self.mesh.shape['layer']})")
+        self.source = load_train_source(cfg, self.max_layers)
+
+        self.unet_graph, params = nnx.split(self.pipe.unet)
+        self.text_graph, text_params = nnx.split(self.pipe.text_encoder)
+        params, text_params = nnx.to_pure_dict(params), nnx.to_pure_dict(text_params)
+        self.tx = make_optimizer(cfg, params)
+        loss_fn = make_loss_fn(cfg, self.unet_graph, self.text_graph, self.pipe.codec,
+                               self.pipe.scheduler, self.pipe.config.box_margin)
+        self._init_state = init_train_state(params, self.tx, cfg.seed)
+        self.text_params = jax.device_put(text_params)
+        self.step_fn = jit_train_step(make_train_step(cfg, self.tx, loss_fn, params),
+                                      self.mesh, self._init_state, self.text_params)
+        self.history: list[tuple[int, float]] = []
+
+    # -- data ------------------------------------------------------------------------
+    def make_iterator(self):
+        return make_train_iterator(
+            self.source, batch_size=self.cfg.batch_size // jax.process_count(),
+            max_layers=self.max_layers, seed=self.cfg.seed, flip_prob=self.cfg.flip_prob,
+            prompt_dropout=self.cfg.prompt_dropout)
+
+    def host_arrays(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        """A `TrainBatch` as arrays, prompts tokenized to `token_ids[B, L, T]`."""
+        b, num_layers = np.shape(batch["layer_valid"])
+        flat = [p for scene in batch["prompts"] for p in scene]
+        ids = tokenize(self.pipe.tokenizer, flat).reshape(b, num_layers, -1)
+        return {"pixels": np.asarray(batch["pixels"], np.float32),
+                "layer_valid": np.asarray(batch["layer_valid"], bool),
+                "boxes": np.asarray(batch["boxes"], np.float32), "token_ids": ids}
+
+    def device_batch(self, batch: dict[str, Any]) -> dict[str, jax.Array]:
+        return place_batch(self.host_arrays(batch), self.mesh)
+
+    # -- state -----------------------------------------------------------------------
+    def initial_state(self) -> TrainState:
+        shardings = state_shardings(self.mesh, self._init_state)
+        return jax.tree.map(lambda x, s: jax.make_array_from_callback(
+            x.shape, s, lambda idx, x=x: np.asarray(x)[idx]), self._init_state, shardings)
+
+    def restore(self, ckpt: Checkpointer) -> tuple[TrainState, dict[str, Any], int]:
+        target = abstract_like(self._init_state, state_shardings(self.mesh, self._init_state))
+        step, state, data_state, _ = ckpt.restore(target)
+        return state, data_state, step
+
+    # -- the loop --------------------------------------------------------------------
+    def run(self, resume: bool = False) -> list[tuple[int, float]]:
+        """Train to `cfg.num_steps`; returns `[(step, loss), ...]` of the steps run here."""
+        cfg = self.cfg
+        ckpt = Checkpointer(self.workdir, keep=cfg.keep_checkpoints,
+                            async_save=cfg.async_checkpoints)
+        iterator = self.make_iterator()
+        state, start = None, 0
+        if resume and ckpt.latest_step() is not None:
+            state, data_state, start = self.restore(ckpt)
+            iterator.set_state(data_state)
+        if state is None:
+            state = self.initial_state()
+        logger = MetricsLogger(self.workdir, enabled=jax.process_index() == 0)
+        bar = logger.progress(start, cfg.num_steps, enabled=cfg.progress)
+        tick = time.perf_counter()
+        try:
+            for step in range(start, cfg.num_steps):
+                state, metrics = self.step_fn(state, self.text_params,
+                                              self.device_batch(next(iterator)))
+                metrics = jax.device_get(metrics)
+                self.history.append((step + 1, float(metrics["loss"])))
+                bar.update(1)
+                if int(metrics["nonfinite"]) >= cfg.max_nonfinite:
+                    raise NumericalError(
+                        f"{int(metrics['nonfinite'])} consecutive steps had a non-finite loss "
+                        f"or gradient (last at step {step + 1}); stopping. The last good "
+                        f"checkpoint in {ckpt.directory} is intact: lower the learning rate "
+                        f"or use float32")
+                if (step + 1) % cfg.log_every == 0:
+                    now = time.perf_counter()
+                    metrics["steps_per_second"] = cfg.log_every / max(now - tick, 1e-9)
+                    tick = now
+                    logger.scalars(step + 1, metrics)
+                    bar.set_postfix(loss=f"{float(metrics['loss']):.4f}")
+                if cfg.sample_every and (step + 1) % cfg.sample_every == 0:
+                    self.write_samples(logger, step + 1, state)
+                if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.num_steps:
+                    if int(metrics["nonfinite"]) == 0:  # never save a skipped step's state
+                        ckpt.save(step + 1, state, iterator.get_state(),
+                                  {"loss": float(metrics["loss"])})
+                    if self.on_checkpoint is not None:
+                        ckpt.wait()
+                        self.on_checkpoint(step + 1)
+        finally:
+            bar.close()
+            ckpt.close()
+            logger.close()
+        self.state = state
+        if cfg.export:
+            self.export(self.workdir / "export", state)
+        return self.history
+
+    # -- outputs ---------------------------------------------------------------------
+    def ema_unet(self, state: TrainState):
+        """The DreamLayerUNet with the EMA weights (gathered to every process)."""
+        ema = multihost_utils.process_allgather(state.ema, tiled=True)
+        return nnx.merge(self.unet_graph, jax.tree.map(np.asarray, ema))
+
+    def export(self, folder: str | os.PathLike, state: TrainState) -> Path:
+        """The EMA weights as a model folder `DreamLayerPipeline.from_pretrained` loads."""
+        folder = Path(folder)
+        unet = self.ema_unet(state)
+        if jax.process_index() != 0:
+            return folder
+        save_dreamlayer_unet(unet, folder)
+        for part in COPIED_PARTS:
+            src = self.base_folder / part
+            if src.is_dir():
+                shutil.copytree(src, folder / part, dirs_exist_ok=True)
+            elif src.is_file():
+                shutil.copy2(src, folder / part)
+        return folder
+
+    def write_samples(self, logger: MetricsLogger, step: int, state: TrainState) -> None:
+        """Sample the fixed eval scenes with the EMA weights; a PNG grid + TensorBoard."""
+        pipe = DreamLayerPipeline(self.ema_unet(state), self.pipe.text_encoder,
+                                  self.pipe.tokenizer, self.pipe.codec, self.pipe.scheduler)
+        count = min(self.cfg.eval_scenes, len(self.source))
+        scenes = eval_scenes(self.source, self.max_layers, count)
+        results = pipe(scenes, num_inference_steps=self.cfg.sample_steps,
+                       seed=list(range(len(scenes))))
+        logger.sample_grid(step, results)
+
+
+def eval_scenes(source, max_layers: int, count: int):
+    """The first `count` scenes of `source` as pipeline `Scene`s (fixed eval prompts)."""
+    from dreamlayer_jax.pipeline.scene import Layer, Scene
+
+    batch = make_eval_scenes(source, max_layers=max_layers, count=count)
+    scenes = []
+    for prompts, valid, boxes in zip(batch["prompts"], batch["layer_valid"], batch["boxes"],
+                                     strict=True):
+        fg = [Layer(prompts[i], tuple(float(v) for v in boxes[i]))
+              for i in range(1, max_layers - 1) if valid[i]]
+        scenes.append(Scene(prompt=prompts[-1], background=prompts[0], layers=tuple(fg)))
+    return scenes

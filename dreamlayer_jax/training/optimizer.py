@@ -1,0 +1,57 @@
+"""The optimiser: AdamW, warmup + cosine decay, global-norm clipping, gradient
+accumulation, and a frozen base when only DreamLayer's own parameters train."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+
+from dreamlayer_jax.pipeline.components import is_dreamlayer_param
+from dreamlayer_jax.training.config import TrainConfig
+
+TRAIN, FROZEN = "train", "frozen"
+
+
+def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
+    """Linear warmup from 0 to `learning_rate`, then cosine decay to `end_lr_ratio` of it
+    at `num_steps` (counted in optimiser updates, i.e. after gradient accumulation)."""
+    decay_steps = max(cfg.num_steps // cfg.grad_accum, cfg.warmup_steps + 1)
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
+        decay_steps=decay_steps, end_value=cfg.learning_rate * cfg.end_lr_ratio)
+
+
+def _key_name(entry: Any) -> Any:
+    return getattr(entry, "key", getattr(entry, "idx", getattr(entry, "name", entry)))
+
+
+def param_labels(params: Any, train_params: str) -> Any:
+    """`TRAIN` / `FROZEN` for each leaf of a params pytree (nnx pure dict)."""
+    def label(path, _):
+        if train_params == "all":
+            return TRAIN
+        return TRAIN if is_dreamlayer_param(tuple(_key_name(p) for p in path)) else FROZEN
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def make_optimizer(cfg: TrainConfig, params: Any) -> optax.GradientTransformation:
+    """clip -> AdamW on the trained leaves (zero updates on frozen ones), accumulated
+    over `grad_accum` micro-batches with `optax.MultiSteps` when it is > 1."""
+    adamw = optax.chain(
+        optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip > 0 else optax.identity(),
+        optax.adamw(learning_rate_schedule(cfg), b1=cfg.adam_b1, b2=cfg.adam_b2,
+                    weight_decay=cfg.weight_decay),
+    )
+    tx = optax.multi_transform({TRAIN: adamw, FROZEN: optax.set_to_zero()},
+                               param_labels(params, cfg.train_params))
+    if cfg.grad_accum > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=cfg.grad_accum)
+    return tx
+
+
+def trained_mask(params: Any, train_params: str) -> Any:
+    """Booleans per leaf: True where the leaf is trained."""
+    return jax.tree.map(lambda lab: lab == TRAIN, param_labels(params, train_params))
