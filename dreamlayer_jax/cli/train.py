@@ -1,10 +1,71 @@
-"""`dreamlayer-train`: not yet available (training lands with its issue)."""
+"""`dreamlayer-train` / `python train.py`: train a DreamLayer model.
+
+    python train.py --config configs/tiny.py --workdir /tmp/run --set model=/path/to/model
+    python train.py --config configs/tiny.py --workdir /tmp/run --resume
+
+Multi-host: pass --coordinator HOST:PORT --num-processes N --process-id I (or set
+JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) and every process calls
+`jax.distributed.initialize` before anything touches a device.
+"""
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 
 
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dreamlayer-train", description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True, help="a configs/*.py file defining get_config()")
+    p.add_argument("--workdir", required=True, help="checkpoints, logs, samples and export")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config field (repeatable)")
+    p.add_argument("--coordinator", default=os.environ.get("JAX_COORDINATOR_ADDRESS"),
+                   help="multi-host: the coordinator's HOST:PORT")
+    p.add_argument("--num-processes", type=int,
+                   default=int(os.environ.get("JAX_NUM_PROCESSES", "0")) or None)
+    p.add_argument("--process-id", type=int,
+                   default=int(os.environ["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in os.environ
+                   else None)
+    return p
+
+
+def maybe_initialize_distributed(args: argparse.Namespace) -> None:
+    """`jax.distributed.initialize` when a coordinator is given (flags or environment)."""
+    if not args.coordinator:
+        return
+    import jax
+
+    from dreamlayer_jax.errors import ConfigError
+
+    if args.num_processes is None or args.process_id is None:
+        raise ConfigError("--coordinator needs --num-processes and --process-id")
+    jax.distributed.initialize(coordinator_address=args.coordinator,
+                               num_processes=args.num_processes, process_id=args.process_id)
+
+
 def main(argv: list[str] | None = None) -> int:
-    print("error: training is not available yet", file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    from dreamlayer_jax.errors import DreamLayerError
+
+    try:
+        maybe_initialize_distributed(args)
+        from dreamlayer_jax.training.config import load_config_file
+        from dreamlayer_jax.training.loop import Trainer
+
+        cfg = load_config_file(args.config, args.overrides)
+        trainer = Trainer(cfg, args.workdir)
+        history = trainer.run(resume=args.resume)
+    except DreamLayerError as exc:
+        print(exc.one_line(), file=sys.stderr)
+        return exc.exit_code
+    if history:
+        step, loss = history[-1]
+        print(f"trained to step {step}, last loss {loss:.4f}; model in {args.workdir}/export")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -102,9 +102,13 @@ class Trainer:
                                self.pipe.scheduler, self.pipe.config.box_margin)
         self._init_state = init_train_state(params, self.tx, cfg.seed)
         self.text_params = jax.device_put(text_params)
-        self.step_fn = jit_train_step(make_train_step(cfg, self.tx, loss_fn, params),
-                                      self.mesh, self._init_state, self.text_params)
+        self.train_step = make_train_step(cfg, self.tx, loss_fn, params)
+        self.step_fn = self.jit_step(self.mesh)
         self.history: list[tuple[int, float]] = []
+
+    def jit_step(self, mesh: Mesh, donate: bool = True):
+        """The train step jitted for `mesh` (the trainer's own: `self.step_fn`)."""
+        return jit_train_step(self.train_step, mesh, self._init_state, self.text_params, donate)
 
     # -- data ------------------------------------------------------------------------
     def make_iterator(self):
@@ -126,8 +130,9 @@ class Trainer:
         return place_batch(self.host_arrays(batch), self.mesh)
 
     # -- state -----------------------------------------------------------------------
-    def initial_state(self) -> TrainState:
-        shardings = state_shardings(self.mesh, self._init_state)
+    def initial_state(self, mesh: Mesh | None = None) -> TrainState:
+        """The fresh state laid out on `mesh` (default: the trainer's)."""
+        shardings = state_shardings(self.mesh if mesh is None else mesh, self._init_state)
         return jax.tree.map(lambda x, s: jax.make_array_from_callback(
             x.shape, s, lambda idx, x=x: np.asarray(x)[idx]), self._init_state, shardings)
 
@@ -137,9 +142,16 @@ class Trainer:
         return state, data_state, step
 
     # -- the loop --------------------------------------------------------------------
-    def run(self, resume: bool = False) -> list[tuple[int, float]]:
-        """Train to `cfg.num_steps`; returns `[(step, loss), ...]` of the steps run here."""
+    def run(self, resume: bool = False, workdir: str | os.PathLike | None = None
+            ) -> list[tuple[int, float]]:
+        """Train to `cfg.num_steps`; returns `[(step, loss), ...]` of the steps run here.
+
+        `workdir` overrides the trainer's (one trainer, one compiled step, several runs).
+        """
         cfg = self.cfg
+        if workdir is not None:
+            self.workdir = Path(workdir)
+        self.history = []
         ckpt = Checkpointer(self.workdir, keep=cfg.keep_checkpoints,
                             async_save=cfg.async_checkpoints)
         iterator = self.make_iterator()
