@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dreamlayer_jax.errors import ConfigError, WeightsError
+from dreamlayer_jax.errors import ConfigError, InputError, WeightsError
 from dreamlayer_jax.io import load_config, load_state_dict, save_state_dict
 from dreamlayer_jax.models.transformer import Transformer2DModel
 from dreamlayer_jax.models.unet import UNet2DConditionModel, UNetConfig
@@ -68,9 +68,8 @@ SDXL = dict(
     in_channels=4,
     out_channels=4,
 )
+MINI = dict(  # one block: fast to load
 
-
-MINI = dict(
     block_out_channels=(8,),
     down_block_types=("DownBlock2D",),
     up_block_types=("UpBlock2D",),
@@ -241,6 +240,23 @@ def test_a_layer_context_of_plain_attention_gives_the_plain_output(cases, hooked
                                ("cross", tokens)] + [("self", 16 * 12), ("cross", tokens)] * 2
 
 
+def test_missing_sdxl_conditioning_or_a_wrong_sample_shape_is_an_input_error(cases, loaded):
+    sample, timesteps, text, added = cases["sdxl"].jax_inputs()
+    unet = loaded("sdxl")
+    with pytest.raises(InputError, match="text_embeds"):
+        unet(sample, timesteps, text)
+    with pytest.raises(InputError, match="sample must be"):
+        unet(sample[..., :3], timesteps, text, added)
+
+
+@pytest.fixture(scope="module")
+def mini_folder(tmp_path_factory) -> Path:
+    """A one-block diffusers UNet (fast to load, attention upcast) with random weights."""
+    folder = tmp_path_factory.mktemp("mini")
+    diffusers.UNet2DConditionModel(**MINI).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
 def _primitive_input_dtypes(jaxpr, names: set[str]) -> list[tuple[str, tuple]]:
     """(primitive, operand dtypes) of every `names` equation, nested jaxprs included."""
     found = []
@@ -274,14 +290,6 @@ def test_bfloat16_compute_runs_every_conv_and_matmul_in_bfloat16_but_upcast_atte
     assert len(ops) > 4 * 2 * blocks
 
 
-@pytest.fixture(scope="module")
-def mini_folder(tmp_path_factory) -> Path:
-    """A one-block diffusers UNet (fast to load, attention upcast) with random weights."""
-    folder = tmp_path_factory.mktemp("mini")
-    diffusers.UNet2DConditionModel(**MINI).save_pretrained(folder, safe_serialization=True)
-    return folder
-
-
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
@@ -301,6 +309,51 @@ def test_a_checkpoint_that_does_not_fit_names_the_tensor(mini_folder, tmp_path, 
     shutil.copy(mini_folder / "config.json", tmp_path)
     with pytest.raises(WeightsError, match=message):
         UNet2DConditionModel.from_pretrained(tmp_path)
+
+
+def test_per_resnet_transformer_depths_resolve_like_diffusers():
+    config = dict(
+        MINI, block_out_channels=(8, 16), down_block_types=("CrossAttnDownBlock2D",) * 2,
+        up_block_types=("CrossAttnUpBlock2D",) * 2, layers_per_block=2,
+        transformer_layers_per_block=[[1, 2], [2, 1]],
+        reverse_transformer_layers_per_block=[[1, 2, 1], [2, 1, 1]],
+    )
+    with torch.device("meta"):
+        reference = diffusers.UNet2DConditionModel(**config)
+    ours = UNetConfig.from_dict(config)
+
+    def depths(block):
+        return tuple(len(t.transformer_blocks) for t in block.attentions)
+
+    assert [depths(b) for b in reference.down_blocks] == [ours.down_transformer_layers(i)
+                                                          for i in range(2)]
+    assert [depths(b) for b in reference.up_blocks] == [ours.up_transformer_layers(i)
+                                                        for i in range(2)]
+    assert depths(reference.mid_block) == (ours.mid_transformer_layers,)
+
+
+SDXL_BASE_JSON = {  # stabilityai/stable-diffusion-xl-base-1.0 unet/config.json, abridged
+    "_class_name": "UNet2DConditionModel", "addition_embed_type": "text_time",
+    "addition_embed_type_num_heads": 64, "addition_time_embed_dim": 256,
+    "attention_head_dim": [5, 10, 20], "block_out_channels": [320, 640, 1280],
+    "class_embed_type": None, "cross_attention_dim": 2048, "dual_cross_attention": False,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "layers_per_block": 2, "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "num_attention_heads": None, "projection_class_embeddings_input_dim": 2816,
+    "resnet_skip_time_act": False, "time_cond_proj_dim": None,
+    "transformer_layers_per_block": [1, 2, 10], "upcast_attention": None,
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "use_linear_projection": True,
+}
+
+
+def test_the_sdxl_base_config_resolves_per_block_values_like_diffusers():
+    config = UNetConfig.from_dict(SDXL_BASE_JSON)
+    assert config.block_heads == (5, 10, 20)
+    assert config.time_embed_dim == 1280
+    assert [config.down_transformer_layers(i) for i in range(3)] == [(1, 1), (2, 2), (10, 10)]
+    assert [config.up_transformer_layers(i) for i in range(3)] == [(10,) * 3, (2,) * 3, (1,) * 3]
+    assert config.mid_transformer_layers == 10
 
 
 @pytest.mark.parametrize(
@@ -325,8 +378,8 @@ def test_an_unsupported_config_is_refused_naming_the_key(override, key):
         UNetConfig.from_dict({**SD15, **override})
 
 
-def test_from_pretrained_refuses_an_unsupported_config_file(cases, tmp_path):
-    raw = json.loads((cases["sd15"].folder / "config.json").read_text())
+def test_from_pretrained_refuses_an_unsupported_config_file(mini_folder, tmp_path):
+    raw = json.loads((mini_folder / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**raw, "class_embed_type": "timestep"}))
     with pytest.raises(ConfigError, match="class_embed_type"):
         UNet2DConditionModel.from_pretrained(tmp_path)

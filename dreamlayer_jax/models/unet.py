@@ -127,7 +127,7 @@ class UNet2DConditionModel(PretrainedMixin, nnx.Module):
           layer_ctx: supplies the attention kernels of every transformer block.
         """
         c = self.config
-        self._check_inputs(sample, encoder_hidden_states, extra_emb)
+        self._check_inputs(sample, timesteps, encoder_hidden_states, added_cond_kwargs, extra_emb)
         n, height, width, _ = sample.shape
         x = sample.astype(self.dtype)
         if c.center_input_sample:
@@ -136,7 +136,7 @@ class UNet2DConditionModel(PretrainedMixin, nnx.Module):
 
         emb = self.time_embedding(self._time_features(timesteps, n))
         if self.add_embedding is not None:
-            emb = emb + self.add_embedding(self._text_time_features(added_cond_kwargs, n))
+            emb = emb + self.add_embedding(self._text_time_features(added_cond_kwargs))
         if extra_emb is not None:
             emb = emb + extra_emb.astype(emb.dtype)
 
@@ -161,21 +161,51 @@ class UNet2DConditionModel(PretrainedMixin, nnx.Module):
 
     def _time_features(self, timesteps: jax.Array | float, n: int) -> jax.Array:
         """`[N, block_out_channels[0]]` sinusoidal features of the timesteps."""
-        t = jnp.asarray(timesteps)
-        if t.ndim > 1 or t.size not in (1, n):
-            raise InputError(f"timesteps must be a scalar or have shape [{n}], got {t.shape}")
-        t = jnp.broadcast_to(t.reshape(-1), (n,))
+        t = jnp.broadcast_to(jnp.reshape(timesteps, (-1,)), (n,))
         features = timestep_embedding(
             t, self.config.block_out_channels[0], flip_sin_to_cos=self.config.flip_sin_to_cos,
             freq_shift=self.config.freq_shift,
         )
         return features.astype(self.dtype)
 
-    def _text_time_features(
-        self, added_cond_kwargs: Mapping[str, jax.Array] | None, n: int
-    ) -> jax.Array:
+    def _text_time_features(self, added_cond_kwargs: Mapping[str, jax.Array]) -> jax.Array:
         """SDXL's `[N, projection_class_embeddings_input_dim]`: pooled text + size features."""
         c = self.config
+        text, time_ids = added_cond_kwargs["text_embeds"], added_cond_kwargs["time_ids"]
+        time_features = timestep_embedding(
+            time_ids.reshape(-1), c.addition_time_embed_dim, flip_sin_to_cos=c.flip_sin_to_cos,
+            freq_shift=c.freq_shift,
+        ).reshape(text.shape[0], -1)
+        features = jnp.concatenate([text.astype(jnp.float32), time_features], axis=-1)
+        return features.astype(self.dtype)
+
+    def _check_inputs(
+        self,
+        sample: jax.Array,
+        timesteps: jax.Array | float,
+        context: jax.Array,
+        added_cond_kwargs: Mapping[str, jax.Array] | None,
+        extra_emb: jax.Array | None,
+    ) -> None:
+        """Raise `InputError` for inputs whose shapes don't fit (static, so free under jit)."""
+        c = self.config
+        if sample.ndim != 4 or sample.shape[-1] != c.in_channels:
+            raise InputError(f"sample must be [N, H, W, {c.in_channels}], got {sample.shape}")
+        n = sample.shape[0]
+        if jnp.ndim(timesteps) > 1 or jnp.size(timesteps) not in (1, n):
+            raise InputError(f"timesteps must be a scalar, [1] or [{n}], "
+                             f"got shape {jnp.shape(timesteps)}")
+        dims = set(c.block_cross_attention_dims)
+        if context.ndim != 3 or context.shape[0] != n or context.shape[-1] not in dims:
+            raise InputError(f"encoder_hidden_states must be [{n}, T, {max(dims)}], "
+                             f"got {context.shape}")
+        if extra_emb is not None and extra_emb.shape != (n, c.time_embed_dim):
+            raise InputError(f"extra_emb must be [{n}, {c.time_embed_dim}], got {extra_emb.shape}")
+        if c.addition_embed_type == "text_time":
+            self._check_text_time(added_cond_kwargs, n)
+
+    def _check_text_time(self, added_cond_kwargs: Mapping[str, jax.Array] | None, n: int) -> None:
+        expected = self.config.projection_class_embeddings_input_dim
         kwargs = added_cond_kwargs or {}
         missing = [k for k in ("text_embeds", "time_ids") if k not in kwargs]
         if missing:
@@ -185,28 +215,7 @@ class UNet2DConditionModel(PretrainedMixin, nnx.Module):
         if text.ndim != 2 or time_ids.ndim != 2 or text.shape[0] != n or time_ids.shape[0] != n:
             raise InputError(f"text_embeds and time_ids must be [{n}, P] and [{n}, K], got "
                              f"{text.shape} and {time_ids.shape}")
-        width = text.shape[1] + time_ids.shape[1] * c.addition_time_embed_dim
-        if width != c.projection_class_embeddings_input_dim:
+        width = text.shape[1] + time_ids.shape[1] * self.config.addition_time_embed_dim
+        if width != expected:
             raise InputError(f"text_embeds {text.shape} and time_ids {time_ids.shape} give "
-                             f"{width} features, the UNet expects "
-                             f"{c.projection_class_embeddings_input_dim}")
-        time_features = timestep_embedding(
-            time_ids.reshape(-1), c.addition_time_embed_dim, flip_sin_to_cos=c.flip_sin_to_cos,
-            freq_shift=c.freq_shift,
-        ).reshape(n, -1)
-        features = jnp.concatenate([text.astype(jnp.float32), time_features], axis=-1)
-        return features.astype(self.dtype)
-
-    def _check_inputs(
-        self, sample: jax.Array, context: jax.Array, extra_emb: jax.Array | None
-    ) -> None:
-        c = self.config
-        if sample.ndim != 4 or sample.shape[-1] != c.in_channels:
-            raise InputError(f"sample must be [N, H, W, {c.in_channels}], got {sample.shape}")
-        n = sample.shape[0]
-        dims = set(c.block_cross_attention_dims)
-        if context.ndim != 3 or context.shape[0] != n or context.shape[-1] not in dims:
-            raise InputError(f"encoder_hidden_states must be [{n}, T, {max(dims)}], "
-                             f"got {context.shape}")
-        if extra_emb is not None and extra_emb.shape != (n, c.time_embed_dim):
-            raise InputError(f"extra_emb must be [{n}, {c.time_embed_dim}], got {extra_emb.shape}")
+                             f"{width} features, the UNet expects {expected}")

@@ -41,18 +41,18 @@ def _fail(key: str, value: Any, why: str) -> ConfigError:
     return ConfigError(f"UNetConfig: {key}={value!r} {why}")
 
 
-def _per_block(key: str, value: Any, n: int) -> tuple[Any, ...]:
-    """`value` repeated for `n` blocks, or `value` itself if it is a sequence of length `n`."""
+def _per_block(key: str, value: Any, n: int, what: str = "block") -> tuple[Any, ...]:
+    """`value` repeated `n` times, or `value` itself if it is a sequence of length `n`."""
     if isinstance(value, tuple):
         if len(value) != n:
-            raise _fail(key, value, f"must have one entry per block ({n})")
+            raise _fail(key, value, f"must have one entry per {what} ({n})")
         return value
     return (value,) * n
 
 
 def _per_resnet(key: str, value: Any, n: int) -> tuple[int, ...]:
     """A block's transformer depths: an int for all `n` resnets, or one int per resnet."""
-    values = _per_block(key, value, n)
+    values = _per_block(key, value, n, "resnet of the block")
     if not all(isinstance(v, int) and v >= 1 for v in values):
         raise _fail(key, value, "must hold positive integers")
     return values
