@@ -2,6 +2,8 @@
 
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -29,7 +31,24 @@ UNET = {"sample_size": 8, "down_block_types": ["CrossAttnDownBlock2D", "DownBloc
 TIME_DIM = 4
 
 
-def _text_encoder(folder, cls, rngs, **extra):
+def random_init(build, seed: int):
+    """`build()` with numpy-random weights: eager JAX initializers compile one XLA
+    program per parameter shape, which costs minutes on a busy CPU."""
+    graphdef, abstract = nnx.split(nnx.eval_shape(build))
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = str(path[-2].key) if len(path) > 1 else ""
+        if leaf.ndim >= 2:
+            scale = 1 / np.sqrt(np.prod(leaf.shape[:-1]))
+            return jnp.asarray(rng.normal(0, scale, leaf.shape), leaf.dtype)
+        base = 1.0 if name == "scale" else 0.0
+        return jnp.asarray(base + rng.normal(0, 0.02, leaf.shape), leaf.dtype)
+
+    return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(fill, abstract))
+
+
+def _text_encoder(folder, cls, seed, **extra):
     tokenizer = folder / f"tokenizer{extra.pop('suffix', '')}"
     write_word_tokenizer(tokenizer, WORDS, 16)
     vocab = len(json.loads((tokenizer / "vocab.json").read_text()))
@@ -37,25 +56,26 @@ def _text_encoder(folder, cls, rngs, **extra):
         "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
         "num_attention_heads": 2, "max_position_embeddings": 16, "vocab_size": vocab,
         "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1, **extra})
-    return cls(config, rngs=rngs)
+    return random_init(lambda: cls(config, rngs=nnx.Rngs(0)), seed)
 
 
 def write_tiny_sd(folder, sdxl: bool = False):
     """A random 16x16-pixel SD folder (8x8 latents); SDXL-like with `sdxl`."""
-    rngs = nnx.Rngs(0)
-    _text_encoder(folder, CLIPTextModel, rngs).save_pretrained(folder / "text_encoder")
+    _text_encoder(folder, CLIPTextModel, 1).save_pretrained(folder / "text_encoder")
     unet = {**UNET, "cross_attention_dim": 16}
     if sdxl:
         pooled = 8
-        _text_encoder(folder, CLIPTextModelWithProjection, rngs, suffix="_2",
+        _text_encoder(folder, CLIPTextModelWithProjection, 2, suffix="_2",
                       projection_dim=pooled).save_pretrained(folder / "text_encoder_2")
         unet.update(cross_attention_dim=32, addition_embed_type="text_time",
                     addition_time_embed_dim=TIME_DIM, use_linear_projection=True,
                     projection_class_embeddings_input_dim=6 * TIME_DIM + pooled)
         (folder / "model_index.json").write_text(json.dumps(
             {"_class_name": "StableDiffusionXLPipeline", "force_zeros_for_empty_prompt": True}))
-    UNet2DConditionModel(UNetConfig.from_dict(unet), rngs=rngs).save_pretrained(folder / "unet")
-    AutoencoderKL(VAEConfig.from_dict(VAE), rngs=rngs).save_pretrained(folder / "vae")
+    random_init(lambda: UNet2DConditionModel(UNetConfig.from_dict(unet), rngs=nnx.Rngs(0)),
+                3).save_pretrained(folder / "unet")
+    random_init(lambda: AutoencoderKL(VAEConfig.from_dict(VAE), rngs=nnx.Rngs(0)),
+                4).save_pretrained(folder / "vae")
     save_scheduler(scheduler_from_config(SCHEDULER, "ddim"), folder / "scheduler")
     return folder
 
