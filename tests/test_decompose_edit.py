@@ -120,11 +120,17 @@ def test_the_edited_global_layer_is_harmonized_not_pasted(tiny_pipe, decomposed,
     assert diff[inside].mean() < diff[~inside].mean()
 
 
-def test_reprompting_regenerates_only_that_layer(tiny_pipe, decomposed, saved_dir):
-    result = edit(tiny_pipe, saved_dir, [Reprompt(2, "a yellow moon")])
+def test_reprompting_regenerates_only_that_layer_and_saves_an_editable_scene(
+        tiny_pipe, decomposed, saved_dir, tmp_path):
+    from dreamlayer_jax.pipeline.edit import load_saved
+
+    result = edit(tiny_pipe, saved_dir, [Reprompt(2, "a yellow moon")], out=tmp_path / "e")
     assert result.scene.layers[1].prompt == "a yellow moon"
     np.testing.assert_array_equal(result.latents[:2], decomposed.latents[:2])
     assert np.abs(result.latents[2] - decomposed.latents[2]).max() > 1e-2
+    scene, latents, info = load_saved(tiny_pipe, tmp_path / "e")
+    assert scene == result.scene and info["steps"] == STEPS and info["seed"] == 3
+    np.testing.assert_array_equal(latents, result.latents)
 
 
 def test_delete_reorder_and_scale_rebuild_the_layer_stack(tiny_pipe, decomposed, saved_dir):
