@@ -130,6 +130,7 @@ def test_reprompting_regenerates_only_that_layer_and_saves_an_editable_scene(
     assert np.abs(result.latents[2] - decomposed.latents[2]).max() > 1e-2
     scene, latents, info = load_saved(tiny_pipe, tmp_path / "e")
     assert scene == result.scene and info["steps"] == STEPS and info["seed"] == 3
+    assert info["mode"] == "edit"
     np.testing.assert_array_equal(latents, result.latents)
 
 

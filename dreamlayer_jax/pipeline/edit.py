@@ -227,7 +227,7 @@ def edit(
                                       start=start, progress=progress)
     record = {k: v for k, v in info.items()
               if k not in ("prompt", "background", "layers", "composite")}
-    record.update({"seed": [seed], "steps": steps, "guidance_scale": guidance,
+    record.update({"mode": "edit", "seed": [seed], "steps": steps, "guidance_scale": guidance,
                    "scheduler": sched.kind, "irh": True, "irh_start": settings.start,
                    "irh_retain": settings.retain, "edited_from": str(saved_dir),
                    "edits": [repr(op) for op in ops]})
