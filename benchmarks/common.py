@@ -1,0 +1,72 @@
+"""Timing and memory helpers shared by the benchmarks."""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds: the first call (compile + run), then the median and minimum of the repeats."""
+
+    first_s: float
+    median_s: float
+    min_s: float
+
+
+def time_fn(fn: Callable[..., Any], *args: Any, repeats: int = 5) -> Timing:
+    """Call `fn(*args)` once (compiling it), then `repeats` times; every call waits for
+    its outputs with `block_until_ready`."""
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    first = time.perf_counter() - start
+    runs = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        runs.append(time.perf_counter() - start)
+    return Timing(first, statistics.median(runs), min(runs))
+
+
+def compiled_memory_bytes(jitted: Any, *args: Any) -> int | None:
+    """XLA's own estimate of a jitted function's footprint: arguments + outputs +
+    temporaries (minus aliased buffers), from `lower(...).compile().memory_analysis()`."""
+    try:
+        stats = jitted.lower(*args).compile().memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend reports it
+        return None
+    if stats is None:
+        return None
+    return int(stats.argument_size_in_bytes + stats.output_size_in_bytes
+               + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+
+
+def peak_memory_bytes() -> tuple[int, str]:
+    """`(bytes, source)`: the device's `peak_bytes_in_use` where the backend reports it
+    (GPU, TPU), else the process's peak resident set size (monotone over the process)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return int(stats["peak_bytes_in_use"]), "device peak_bytes_in_use"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024), "process peak RSS"
+
+
+def mib(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / 2**20:.1f}"
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    line = lambda r: "| " + " | ".join(c.rjust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+                      *map(line, cells)])
