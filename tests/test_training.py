@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 from tiny_model import TINY_SCHEDULER, TINY_TEXT, TINY_UNET, WORDS
 
-from dreamlayer_jax.errors import ConfigError
+from dreamlayer_jax.errors import ConfigError, NumericalError
 from dreamlayer_jax.parallel.mesh import make_mesh
 from dreamlayer_jax.pipeline.create import create_model_folder
+from dreamlayer_jax.training.checkpoint import Checkpointer
 from dreamlayer_jax.training.config import TrainConfig, config_from_dict, load_config_file
 
 # Smaller than tiny_model's UNet (one resolution level) to keep compiles short; 16x16
@@ -108,6 +109,25 @@ def test_nonfinite_step_is_skipped_and_counted(setup):
     assert bool(metrics["finite"])
     assert int(metrics["nonfinite"]) == 0 and int(metrics["skipped"]) == 1
     assert int(state.step) == 3
+
+
+def test_run_stops_after_consecutive_nonfinite_steps_keeping_last_checkpoint(setup, monkeypatch):
+    trainer, root = setup["trainer"], setup["root"]
+    good = trainer.host_arrays
+    calls = []
+
+    def poisoned(batch):
+        calls.append(1)
+        arrays = good(batch)
+        if len(calls) > KILL_AT:
+            arrays["pixels"] = np.full_like(arrays["pixels"], np.nan)
+        return arrays
+
+    monkeypatch.setattr(trainer, "host_arrays", poisoned)
+    monkeypatch.setattr(trainer, "cfg", trainer.cfg.replace(max_nonfinite=2))
+    with pytest.raises(NumericalError, match="2 consecutive steps"):
+        trainer.run(workdir=root / "nan")
+    assert Checkpointer(root / "nan").latest_step() == KILL_AT
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run_bit_for_bit(setup):
