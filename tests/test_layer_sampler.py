@@ -41,6 +41,7 @@ def test_irh_with_full_retain_pastes_the_layers_into_the_global_latent(tiny_pipe
 def test_irh_start_index_counts_from_the_end():
     assert IRHSettings(start=0.3).start_index(10) == 7
     assert IRHSettings(start=1.0).start_index(10) == 1
+    assert int(IRHSettings(start=0.3).as_arrays().start_index(10)) == 7
 
 
 def test_a_scene_with_too_many_foregrounds_is_refused(tiny_pipe):
@@ -72,5 +73,5 @@ def test_no_recompilation_on_a_second_call(tiny_pipe):
 
     tiny_pipe(SCENE, num_inference_steps=3, seed=0)
     before = sample_layers._cache_size()
-    tiny_pipe(SCENE, num_inference_steps=3, seed=9, guidance_scale=3.0)
+    tiny_pipe(SCENE, num_inference_steps=3, seed=9, guidance_scale=3.0, irh_retain=0.9)
     assert sample_layers._cache_size() == before

@@ -52,7 +52,10 @@ class PixelCodec:
         return pixel_unshuffle(premultiplied * 2.0 - 1.0, self.unshuffle)
 
     def _premultiplied(self, latents: jax.Array) -> jax.Array:
-        return jnp.clip((pixel_shuffle(latents, self.unshuffle) + 1.0) / 2.0, 0.0, 1.0)
+        """Valid premultiplied RGBA `[N, H, W, 4]`: alpha in [0, 1] and rgb in [0, alpha]."""
+        p = jnp.clip((pixel_shuffle(latents, self.unshuffle) + 1.0) / 2.0, 0.0, 1.0)
+        alpha = p[..., 3:]
+        return jnp.concatenate([jnp.minimum(p[..., :3], alpha), alpha], axis=-1)
 
     def decode(self, latents: jax.Array) -> jax.Array:
         p = self._premultiplied(latents)
@@ -77,8 +80,8 @@ class PixelCodec:
         box); the layer's own per-pixel opacity comes from its alpha channel.
         """
         f = self.unshuffle
-        p_under = (pixel_shuffle(under, f) + 1.0) / 2.0
-        p_over = jnp.clip((pixel_shuffle(over, f) + 1.0) / 2.0, 0.0, 1.0)
+        p_under = self._premultiplied(under)
+        p_over = self._premultiplied(over)
         painted = p_over + (1.0 - p_over[..., 3:]) * p_under
         gate = jnp.repeat(jnp.repeat(gate, f, axis=1), f, axis=2)
         mixed = gate * painted + (1.0 - gate) * p_under

@@ -86,7 +86,9 @@ class DreamLayerUNet(nnx.Module):
           the UNet's prediction, `[B, L, h, w, c_out]`.
         """
         b, num_layers = latents.shape[:2]
-        t = jnp.broadcast_to(jnp.asarray(timesteps), (b, num_layers)).reshape(b * num_layers)
+        t = jnp.asarray(timesteps)
+        t = t[:, None] if t.ndim == 1 else t  # one timestep per scene
+        t = jnp.broadcast_to(t, (b, num_layers)).reshape(b * num_layers)
         text = ctx.text.reshape(b * num_layers, *ctx.text.shape[2:])
         extra = self.role_embedding(ctx.roles.reshape(b * num_layers))
         added = None

@@ -15,6 +15,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from dreamlayer_jax.attention.context import LayerContext, make_roles
+from dreamlayer_jax.attention.masks import ROLE_FOREGROUND, box_masks_soft
 from dreamlayer_jax.errors import InputError, NumericalError
 from dreamlayer_jax.io import resolve_model_folder
 from dreamlayer_jax.models.clip import CLIPTextModel
@@ -187,9 +188,24 @@ class DreamLayerPipeline:
             return sample_layers(
                 self._unet_graph, params, sched, plan, ctx, uncond, x,
                 jnp.float32(guidance_scale), jax.random.key(seed),
-                compositor=self.codec.compositor, irh=settings, mode=mode, pinned=pinned,
+                compositor=self.codec.compositor, irh=settings.as_arrays(), mode=mode,
+                pinned=pinned,
                 layer_noise=layer_noise, start=start, sharding=sharding,
                 progress=self._progress if progress else None)
+
+    def decompose(self, image: Any, layers: Sequence[Any] = (), background: str = "background",
+                  prompt: str | None = None, **kwargs: Any) -> LayeredResult:
+        """Split an existing picture into layers (training-free); see `pipeline.decompose`."""
+        from dreamlayer_jax.pipeline.decompose import decompose
+
+        return decompose(self, image, layers, background, prompt, **kwargs)
+
+    def edit(self, saved_dir: str | os.PathLike, ops: Sequence[Any],
+             out: str | os.PathLike | None = None, **kwargs: Any) -> LayeredResult:
+        """Edit a saved result in latent space and re-harmonize; see `pipeline.edit`."""
+        from dreamlayer_jax.pipeline.edit import edit
+
+        return edit(self, saved_dir, ops, out, **kwargs)
 
     def _check_sampling_args(self, scenes, steps, guidance, seeds) -> None:
         for s in scenes:
@@ -212,10 +228,15 @@ class DreamLayerPipeline:
             raise NumericalError("the sampled latents contain NaN or Inf (numerical overflow); "
                                  "run in float32 or bfloat16 instead of float16")
         b, num_layers = latents.shape[:2]
-        rgba = np.asarray(self._decode(jnp.asarray(latents.reshape(b * num_layers,
+        rgba = np.array(self._decode(jnp.asarray(latents.reshape(b * num_layers,
                                                                    *latents.shape[2:]))))
-        rgba = (np.clip(rgba, 0, 1) * 255 + 0.5).astype(np.uint8)
         rgba = rgba.reshape(b, num_layers, *rgba.shape[1:])
+        # A foreground lives in its box: no opacity outside it (plus the margin).
+        height, width = rgba.shape[2:4]
+        inside = np.asarray(box_masks_soft(ctx.boxes, height, width, ctx.box_margin))
+        is_fg = np.asarray(ctx.roles == ROLE_FOREGROUND)
+        rgba[..., 3] *= np.where(is_fg[..., None, None], inside, 1.0)
+        rgba = (np.clip(rgba, 0, 1) * 255 + 0.5).astype(np.uint8)
         results = []
         for i, scene in enumerate(scenes):
             k = len(scene.layers)

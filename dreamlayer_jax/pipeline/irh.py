@@ -7,27 +7,36 @@ composite with strength `irh_retain` inside the layers' opacity.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 from dreamlayer_jax.attention.context import LayerContext
 from dreamlayer_jax.attention.masks import ROLE_FOREGROUND, box_masks_soft
 from dreamlayer_jax.codecs.base import Compositor
 
 
-@dataclass(frozen=True)
+@struct.dataclass
 class IRHSettings:
-    """`enabled`, `start` (fraction of the steps, counted from the end), `retain` in [0, 1]."""
+    """`enabled`, `start` (fraction of the steps, counted from the end), `retain` in [0, 1].
 
-    enabled: bool = True
-    start: float = 0.3
-    retain: float = 0.5
+    A pytree of traced values: other settings reuse the compiled sampler.
+    """
 
-    def start_index(self, num_steps: int) -> int:
-        """The step count after which the global latent is first replaced (>= 1)."""
-        return max(1, int(round(num_steps * (1.0 - self.start))))
+    enabled: bool | jax.Array = True
+    start: float | jax.Array = 0.3
+    retain: float | jax.Array = 0.5
+
+    def start_index(self, num_steps: int) -> int | jax.Array:
+        """The step count after which the global latent is first replaced (>= 1); a
+        Python int for a Python `start`, traced otherwise."""
+        if isinstance(self.start, int | float):
+            return max(1, int(round(num_steps * (1.0 - self.start))))
+        return jnp.maximum(1, jnp.round(num_steps * (1.0 - self.start)))
+
+    def as_arrays(self) -> IRHSettings:
+        return IRHSettings(jnp.asarray(self.enabled, bool), jnp.float32(self.start),
+                           jnp.float32(self.retain))
 
 
 def composite_layers(
@@ -65,11 +74,10 @@ def harmonize(
     num_steps: int,
 ) -> jax.Array:
     """Apply IRH to `latents[B, L, h, w, c]` after `steps_done` (traced) denoising steps."""
-    if not settings.enabled:
-        return latents
     start = settings.start_index(num_steps)
     composite, coverage = composite_layers(compositor, latents, ctx)
     g = latents[:, -1]
     pulled = g + settings.retain * coverage * (composite - g)
     new_g = jnp.where(steps_done == start, composite, jnp.where(steps_done > start, pulled, g))
+    new_g = jnp.where(settings.enabled, new_g, g)
     return latents.at[:, -1].set(new_g.astype(latents.dtype))

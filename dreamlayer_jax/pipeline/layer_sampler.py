@@ -50,7 +50,7 @@ def guided(unet: DreamLayerUNet, ctx: LayerContext, uncond_text: jax.Array, guid
     return model_fn
 
 
-@partial(jax.jit, static_argnames=("graphdef", "sched", "compositor", "irh", "mode", "start",
+@partial(jax.jit, static_argnames=("graphdef", "sched", "compositor", "mode", "start",
                                    "sharding", "progress"))
 def sample_layers(
     graphdef: nnx.GraphDef,

@@ -1,0 +1,55 @@
+"""What the command-line tools share: one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from dreamlayer_jax.errors import DreamLayerError, InputError, OutputError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise InputError(message)
+
+
+def run_cli(body: Callable[[list[str] | None], int], argv: list[str] | None) -> int:
+    """Run `body`; a `DreamLayerError` becomes one line on stderr and its exit code."""
+    try:
+        return body(argv)
+    except DreamLayerError as exc:
+        print(exc.one_line(), file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+def parse_box(text: str, what: str) -> tuple[float, float, float, float]:
+    """`"x0,y0,x1,y1"` -> four floats (range checks happen in `Scene`)."""
+    parts = text.split(",")
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        raise InputError(f"{what}: box {text!r} must be four numbers x0,y0,x1,y1") from None
+    if len(values) != 4:
+        raise InputError(f"{what}: box {text!r} must be four numbers x0,y0,x1,y1")
+    return values  # type: ignore[return-value]
+
+
+def check_output_folder(path: Path) -> None:
+    """Refuse an output path that is a file, a non-empty folder, or not writable."""
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"output path {str(path)!r} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()):
+        raise OutputError(f"output folder {str(path)!r} is not empty")
+    parent = path if path.is_dir() else path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"output folder {str(path)!r} is not writable")
