@@ -15,7 +15,6 @@ from dreamlayer_jax.models.unet import UNet2DConditionModel
 from dreamlayer_jax.models.unet_config import UNetConfig
 from dreamlayer_jax.models.vae import AutoencoderKL, VAEConfig
 from dreamlayer_jax.pipeline.text2img import StableDiffusionPipeline
-from dreamlayer_jax.pipeline.text_conditioning import TextConditioner
 from dreamlayer_jax.schedulers.factory import save_scheduler, scheduler_from_config
 
 WORDS = ["a", "red", "cat", "blue", "dog", "on", "sofa"]
@@ -86,8 +85,9 @@ def sd_pipe(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def sdxl_folder(tmp_path_factory):
-    return write_tiny_sd(tmp_path_factory.mktemp("sdxl"), sdxl=True)
+def sdxl_pipe(tmp_path_factory):
+    folder = write_tiny_sd(tmp_path_factory.mktemp("sdxl"), sdxl=True)
+    return StableDiffusionPipeline.from_pretrained(folder)
 
 
 def test_sd_sample_shape_determinism_and_one_compilation(sd_pipe):
@@ -117,8 +117,8 @@ def test_sd_rejects_bad_arguments(sd_pipe):
         sd_pipe(["a cat"], num_inference_steps=0)
 
 
-def test_sdxl_conditioning_concatenates_both_encoders(sdxl_folder):
-    conditioner = TextConditioner.from_pretrained(sdxl_folder)
+def test_sdxl_conditioning_concatenates_both_encoders(sdxl_pipe):
+    conditioner = sdxl_pipe.conditioner
     assert conditioner.is_sdxl
     hidden, added = conditioner(["a cat", ""], (16, 24), zero_empty=True)
     assert hidden.shape == (2, 16, 32)
@@ -128,8 +128,13 @@ def test_sdxl_conditioning_concatenates_both_encoders(sdxl_folder):
     assert np.any(np.asarray(hidden[0]) != 0)
 
 
-def test_sdxl_sample_two_steps(sdxl_folder):
-    pipe = StableDiffusionPipeline.from_pretrained(sdxl_folder)
-    images = pipe(["a red cat"], num_inference_steps=2, seed=0)
+def test_sdxl_sample_two_steps(sdxl_pipe):
+    images = sdxl_pipe(["a red cat"], num_inference_steps=2, seed=0)
     assert images.shape == (1, 16, 16, 3) and images.dtype == np.uint8
     assert images.std() > 0
+
+
+def test_sd_conditioning_has_no_added_cond_and_keeps_empty_prompts(sd_pipe):
+    hidden, added = sd_pipe.conditioner(["a cat", ""], (16, 16), zero_empty=True)
+    assert added is None and hidden.shape == (2, 16, 16)
+    assert np.any(np.asarray(hidden[1]) != 0)  # SD 1.x encodes "" (no force_zeros flag)
