@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,10 +20,22 @@ class ArgumentParser(argparse.ArgumentParser):
         raise InputError(message)
 
 
+def _warn_one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    text = " ".join(str(message).split())
+    print(f"warning: {text}", file=sys.stderr if file is None else file)
+
+
 def run_cli(body: Callable[[list[str] | None], int], argv: list[str] | None) -> int:
-    """Run `body`; a `DreamLayerError` becomes one line on stderr and its exit code."""
+    """Run `body`; a `DreamLayerError` becomes one line on stderr and its exit code.
+
+    Python warnings (a truncated prompt, a resized image) are one `warning: ...` line each;
+    transformers' own log chatter is silenced (the pipeline warns about what matters).
+    """
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
-        return body(argv)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warn_one_line
+            return body(argv)
     except DreamLayerError as exc:
         print(exc.one_line(), file=sys.stderr)
         return exc.exit_code
@@ -53,3 +67,10 @@ def check_output_folder(path: Path) -> None:
         parent = parent.parent
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"output folder {str(path)!r} is not writable")
+    # os.access says yes to root everywhere (read-only mounts, /proc): try for real, so
+    # that the run fails now and not after sampling. The probe folder is removed at once.
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".dreamlayer-probe-", dir=parent))
+    except OSError as exc:
+        raise OutputError(f"output folder {str(path)!r} is not writable "
+                          f"({exc.strerror})") from None

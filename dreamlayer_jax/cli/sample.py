@@ -67,7 +67,7 @@ def scene_from_args(args) -> Scene:
         return Scene.from_json(args.scene)
     if args.prompt is None and args.background is None and not args.layer:
         return DEFAULT_SCENE
-    if not args.prompt or not args.background:
+    if args.prompt is None or args.background is None:
         raise InputError("--prompt and --background are both needed (or --scene)")
     return Scene(args.prompt, args.background, tuple(parse_layer_arg(t) for t in args.layer))
 

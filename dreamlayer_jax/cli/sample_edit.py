@@ -32,10 +32,15 @@ def decompose_main(argv: list[str]) -> int:
         from dreamlayer_jax.errors import InputError
 
         raise InputError(f"image {str(args.image)!r} does not exist")
+    # Decoded here, before the model loads: a bad file fails at once, and every PNG
+    # flavour (16-bit, palette, grayscale) becomes 8-bit RGBA the same way scene files do.
+    from dreamlayer_jax.data.image_io import decode_image
+
+    image = decode_image(args.image, str(args.image), channels=4)
     from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
 
     pipe = DreamLayerPipeline.from_pretrained(args.model, scheduler=args.scheduler)
-    result = pipe.decompose(args.image, layers, args.background, args.prompt,
+    result = pipe.decompose(image, layers, args.background, args.prompt,
                             num_inference_steps=args.steps, guidance_scale=args.guidance,
                             seed=args.seed, progress=not args.no_progress)
     print(f"decomposed {args.image} into {len(result.layers)} layers: {result.save(out)}/")

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
+
+from dreamlayer_jax.cli.common import ArgumentParser, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dreamlayer-train", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="dreamlayer-train", description=__doc__.split("\n")[0])
     p.add_argument("--config", required=True, help="a configs/*.py file defining get_config()")
     p.add_argument("--workdir", required=True, help="checkpoints, logs, samples and export")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
@@ -46,25 +47,25 @@ def maybe_initialize_distributed(args: argparse.Namespace) -> None:
                                num_processes=args.num_processes, process_id=args.process_id)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    from dreamlayer_jax.errors import DreamLayerError
+    from dreamlayer_jax.training.config import load_config_file
 
-    try:
-        maybe_initialize_distributed(args)
-        from dreamlayer_jax.training.config import load_config_file
-        from dreamlayer_jax.training.loop import Trainer
+    cfg = load_config_file(args.config, args.overrides)  # a bad config fails before jax loads
+    maybe_initialize_distributed(args)
+    from dreamlayer_jax.training.loop import Trainer
 
-        cfg = load_config_file(args.config, args.overrides)
-        trainer = Trainer(cfg, args.workdir)
-        history = trainer.run(resume=args.resume)
-    except DreamLayerError as exc:
-        print(exc.one_line(), file=sys.stderr)
-        return exc.exit_code
+    trainer = Trainer(cfg, args.workdir)
+    history = trainer.run(resume=args.resume)
     if history:
         step, loss = history[-1]
         print(f"trained to step {step}, last loss {loss:.4f}; model in {args.workdir}/export")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Errors (bad flags included) are one line on stderr and exit code 2."""
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":
