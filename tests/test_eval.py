@@ -1,0 +1,179 @@
+"""Quality measures (DESIGN.md 7): hand-made cases with known answers, the fidelity
+classifier on ground truth, and evaluate() / ablation() end to end on the tiny model."""
+
+import math
+
+import numpy as np
+import pytest
+
+from dreamlayer_jax.data.compositing import alpha_composite
+from dreamlayer_jax.eval.classifier import train_classifier
+from dreamlayer_jax.eval.evaluate import (
+    ABLATION_SETTINGS,
+    MEASURES,
+    ablation,
+    evaluate,
+    format_table,
+    held_out_scenes,
+)
+from dreamlayer_jax.eval.measures import (
+    PSNR_CAP,
+    alpha_iou,
+    box_iou,
+    coherence_psnr,
+    layout_alignment,
+    mean_ci95,
+    psnr,
+)
+from dreamlayer_jax.eval.scenes import HELD_OUT_BASE
+
+# ------------------------------------------------------------------------- measures
+
+
+def _alpha(rows: slice, cols: slice, size: int = 8) -> np.ndarray:
+    alpha = np.zeros((size, size), np.float32)
+    alpha[rows, cols] = 1.0
+    return alpha
+
+
+def test_layout_alignment_counts_the_alpha_mass_inside_the_box():
+    inside = _alpha(slice(2, 4), slice(2, 4))
+    assert layout_alignment(inside, (0.25, 0.25, 0.5, 0.5)) == pytest.approx(1.0)
+    whole = np.ones((8, 8), np.float32)
+    assert layout_alignment(whole, (0.0, 0.0, 0.5, 1.0)) == pytest.approx(0.5)
+    # A box edge through the middle of the only opaque pixel keeps half of its mass.
+    pixel = _alpha(slice(3, 4), slice(2, 3))
+    assert layout_alignment(pixel, (0.0, 0.0, 2.5 / 8, 1.0)) == pytest.approx(0.5)
+    # The RGBA form reads the alpha channel; uint8 alpha is scaled to [0, 1].
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[:, :4, 3] = 255
+    rgba[:, 4:, 3] = 85
+    assert layout_alignment(rgba, (0.0, 0.0, 0.5, 1.0)) == pytest.approx(0.75)
+    assert layout_alignment(np.zeros((8, 8)), (0.0, 0.0, 1.0, 1.0)) == 0.0
+
+
+def test_box_iou_of_the_opaque_extent():
+    alpha = _alpha(slice(2, 6), slice(0, 4))
+    assert box_iou(alpha, (0.0, 0.25, 0.5, 0.75)) == pytest.approx(1.0)
+    assert box_iou(alpha, (0.0, 0.25, 1.0, 0.75)) == pytest.approx(0.5)
+    shadow_only = np.full((8, 8), 0.5, np.float32)  # alpha 0.5 is not above the threshold
+    assert box_iou(shadow_only, (0.0, 0.0, 1.0, 1.0)) == 0.0
+
+
+def test_psnr_known_values_and_cap():
+    image = np.random.default_rng(0).uniform(size=(8, 8, 3)).astype(np.float32)
+    assert psnr(image, image) == PSNR_CAP
+    assert psnr(np.full((4, 4, 3), 0.1, np.float32), np.zeros((4, 4, 3))) == pytest.approx(20.0)
+    grey = np.full((4, 4, 3), 51, np.uint8)  # 51 / 255 = 0.2 -> mse 0.04
+    assert psnr(grey, np.zeros((4, 4, 3), np.uint8)) == pytest.approx(-10 * math.log10(0.04))
+
+
+def test_coherence_psnr_compares_the_global_layer_with_the_layers_composite():
+    rng = np.random.default_rng(1)
+    background = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    layer = rng.integers(0, 256, (8, 8, 4), dtype=np.uint8)
+    flat = alpha_composite(background, [layer])
+    # uint8 rounding of the composite leaves an error of at most half a level.
+    assert coherence_psnr(flat, background, [layer]) > 50.0
+    exact = alpha_composite(background.astype(np.float32) / 255, [layer])
+    assert coherence_psnr(exact, background, [layer]) == PSNR_CAP
+    assert coherence_psnr(255 - flat, background, [layer]) < 15.0
+
+
+def test_alpha_iou_thresholds_at_one_half():
+    left, top = _alpha(slice(None), slice(0, 4)), _alpha(slice(0, 4), slice(None))
+    assert alpha_iou(left, left) == 1.0
+    assert alpha_iou(left, top) == pytest.approx(1 / 3)
+    assert alpha_iou(left * 0.5, left) == 0.0  # exactly 0.5 is transparent
+    assert alpha_iou(np.zeros((8, 8)), np.zeros((8, 8))) == 1.0
+
+
+def test_mean_ci95_uses_student_t():
+    mean, half = mean_ci95([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert mean == pytest.approx(3.0)
+    # t_{0.975, 4} = 2.776445, s = sqrt(2.5)
+    assert half == pytest.approx(2.776445 * math.sqrt(2.5) / math.sqrt(5), rel=1e-5)
+    assert mean_ci95([0.7] * 10) == (pytest.approx(0.7), pytest.approx(0.0))
+    single = mean_ci95([2.0])
+    assert single[0] == 2.0 and math.isnan(single[1])
+    with pytest.raises(ValueError):
+        mean_ci95([1.0, float("inf")])
+
+
+# ----------------------------------------------------------------- scenes, classifier
+
+
+def test_held_out_scenes_match_their_ground_truth_at_any_resolution():
+    pairs = held_out_scenes(6, seed=3, resolution=8, max_foregrounds=2)
+    for request, truth in pairs:
+        assert truth.meta["seed"][0] == HELD_OUT_BASE + 3  # not a training seed
+        assert truth.background.shape == (8, 8, 3) and 1 <= truth.num_foregrounds <= 2
+        assert request.prompt == truth.prompt and request.background == truth.background_prompt
+        assert [l.prompt for l in request.layers] == truth.layer_prompts
+        assert [l.box for l in request.layers] == list(truth.boxes)
+        for layer, box in zip(truth.layers, truth.boxes):
+            assert layout_alignment(layer, box) == pytest.approx(1.0)
+    fixed = held_out_scenes(3, seed=3, resolution=16, num_foregrounds=3)
+    assert [t.num_foregrounds for _, t in fixed] == [3, 3, 3]
+    again = held_out_scenes(6, seed=3, resolution=8, max_foregrounds=2)
+    assert all(np.array_equal(a[1].composite, b[1].composite) for a, b in zip(pairs, again))
+
+
+@pytest.fixture(scope="module")
+def classifier32():
+    return train_classifier(32, train_scenes=400, test_scenes=150)
+
+
+def test_classifier_recognises_ground_truth_layers(classifier32):
+    # Measured: colour 1.000, shape 0.997 (32 px; 400 training scenes, 150 test scenes).
+    assert classifier32.accuracy["colour"] >= 0.95
+    assert classifier32.accuracy["shape"] >= 0.85
+
+
+def test_fidelity_checks_the_asked_colour_and_shape(classifier32):
+    _, truth = held_out_scenes(1, seed=0, resolution=32, num_foregrounds=1)[0]
+    layer, attrs = truth.layers[0], truth.meta["layer_attributes"][0]
+    other_colour = "green" if attrs["colour"] != "green" else "red"
+    other_shape = "ring" if attrs["shape"] != "ring" else "cross"
+    assert classifier32.fidelity(layer, attrs["colour"], attrs["shape"]) == (True, True)
+    assert classifier32.fidelity(layer, other_colour, other_shape) == (False, False)
+    assert classifier32.fidelity(np.zeros_like(layer), attrs["colour"], attrs["shape"]) == (
+        False, False)
+
+
+# ------------------------------------------------------------- end to end, tiny model
+
+
+@pytest.fixture(scope="module")
+def classifier8():
+    return train_classifier(8, train_scenes=100, test_scenes=20)
+
+
+def _check_measures(measures, names):
+    assert list(measures) == list(names)
+    for name, (mean, half) in measures.items():
+        assert math.isfinite(mean) and math.isfinite(half) and half >= 0, name
+    for name in ("layout", "box_iou", "colour", "shape", "alpha_iou"):
+        if name in measures:
+            assert 0.0 <= measures[name][0] <= 1.0, name
+
+
+def test_evaluate_runs_end_to_end_on_the_tiny_model(tiny_pipe, classifier8):
+    pairs = held_out_scenes(3, seed=0, resolution=8, max_foregrounds=1)
+    measures = evaluate(tiny_pipe, pairs, steps=2, guidance=2.0, batch_size=2,
+                        classifier=classifier8)
+    _check_measures(measures, MEASURES)
+
+
+def test_ablation_table_has_every_setting_and_foreground_count(tiny_pipe, classifier8):
+    rows = ablation(tiny_pipe, 2, steps=2, guidance=2.0, batch_size=2, classifier=classifier8,
+                    decomposition=False, max_foregrounds=1, foreground_counts=(1,))
+    assert [r.name for r in rows] == [name for name, _ in ABLATION_SETTINGS] + [
+        "all, 1 foreground"]
+    no_decomposition = [m for m in MEASURES if m not in ("background_psnr", "alpha_iou")]
+    for row in rows:
+        assert row.scenes == 2
+        _check_measures(row.measures, no_decomposition)
+    table = format_table(rows).splitlines()
+    assert len(table) == 2 + len(rows)
+    assert "coherence PSNR (dB)" in table[0] and "+LSSA" in table[4]
