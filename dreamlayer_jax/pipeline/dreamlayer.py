@@ -110,7 +110,8 @@ class DreamLayerPipeline:
         for b, scene in enumerate(scenes):
             k = len(scene.layers)
             valid[b, : k + 1] = valid[b, -1] = True
-            boxes[b, 1 : k + 1] = [layer.box for layer in scene.layers]
+            for i, layer in enumerate(scene.layers, start=1):
+                boxes[b, i] = layer.box
             slots = [scene.background, *(l.prompt for l in scene.layers)]
             prompts += slots + [""] * (num_layers - 1 - len(slots)) + [scene.prompt]
         text = self.encode_prompts(prompts)
