@@ -28,3 +28,11 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .jax_cache .pytest_cache
+
+# The built-in model: a random init, training on synthetic scenes, then the export.
+.PHONY: builtin
+builtin: $(STAMP)
+	rm -rf runs/builtin
+	$(BIN)/python -m dreamlayer_jax.cli.init_model configs/builtin.py runs/builtin/init
+	$(BIN)/python train.py --config configs/builtin.py --workdir runs/builtin
+	rm -rf dreamlayer_jax/builtin && cp -r runs/builtin/export dreamlayer_jax/builtin

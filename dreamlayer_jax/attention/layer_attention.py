@@ -8,7 +8,6 @@ No `[L*N, L*N]` score matrix exists anywhere: LSSA with scope "global" gives eac
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import jax
@@ -20,11 +19,12 @@ from dreamlayer_jax.attention.masks import (
     background_region,
     foreground_regions,
 )
+from dreamlayer_jax.models.attention import AttendFn
 
 if TYPE_CHECKING:
     from dreamlayer_jax.attention.context import LayerContext
 
-AttendFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+__all__ = ["AttendFn", "caca_attention", "lssa_attention"]
 
 
 def _unfold(x: jax.Array, num_layers: int) -> jax.Array:
