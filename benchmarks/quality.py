@@ -100,7 +100,9 @@ def write_report(path: Path, args, pipe, classifier, table: str, samples: list[s
     note = "" if args.scenes >= MIN_SCENES else (
         f"\n**Note:** only {args.scenes} scenes per row (< {MIN_SCENES}): indicative only.\n")
     definitions = {
-        "layout": "share of each foreground's alpha mass inside its box",
+        "layout": "share of each foreground's alpha mass inside its box (the pipeline "
+                  "clears alpha outside the box plus the model's box_margin, so only mass "
+                  "in that margin can lower it)",
         "box_iou": "IoU of each foreground's opaque extent (alpha > 0.5) with its box",
         "colour": "share of foregrounds whose colour the ground-truth classifier reads as asked",
         "shape": "share of foregrounds whose shape the ground-truth classifier reads as asked",
@@ -123,6 +125,8 @@ def write_report(path: Path, args, pipe, classifier, table: str, samples: list[s
         f"- layer-fidelity classifier trained on ground-truth layers of other seeds; its own "
         f"accuracy on held-out ground truth: colour {classifier.accuracy['colour']:.3f}, "
         f"shape {classifier.accuracy['shape']:.3f}",
+        "- the first row scores the ground truth itself (no model): the reference value "
+        "of each measure",
         "- cells: mean ± half-width of the 95% confidence interval (Student's t); PSNR "
         "is capped at 100 dB", note, table, "", "## Measures", "",
         *(f"- **{MEASURES[m][0]}**: {d}" for m, d in definitions.items()), "",

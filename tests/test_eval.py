@@ -11,6 +11,7 @@ from dreamlayer_jax.eval.classifier import train_classifier
 from dreamlayer_jax.eval.evaluate import (
     ABLATION_SETTINGS,
     MEASURES,
+    REFERENCE_ROW,
     ablation,
     evaluate,
     format_table,
@@ -168,12 +169,80 @@ def test_evaluate_runs_end_to_end_on_the_tiny_model(tiny_pipe, classifier8):
 def test_ablation_table_has_every_setting_and_foreground_count(tiny_pipe, classifier8):
     rows = ablation(tiny_pipe, 2, steps=2, guidance=2.0, batch_size=2, classifier=classifier8,
                     decomposition=False, max_foregrounds=1, foreground_counts=(1,))
-    assert [r.name for r in rows] == [name for name, _ in ABLATION_SETTINGS] + [
-        "all, 1 foreground"]
+    assert [r.name for r in rows] == [REFERENCE_ROW, *(name for name, _ in ABLATION_SETTINGS),
+                                      "all, 1 foreground"]
     no_decomposition = [m for m in MEASURES if m not in ("background_psnr", "alpha_iou")]
     for row in rows:
         assert row.scenes == 2
         _check_measures(row.measures, no_decomposition)
     table = format_table(rows).splitlines()
     assert len(table) == 2 + len(rows)
-    assert "coherence PSNR (dB)" in table[0] and "+LSSA" in table[4]
+    assert "coherence PSNR (dB)" in table[0] and "+LSSA" in table[5]
+
+
+# ----------------------------------------------------------- scoring with a fake model
+
+
+class _Config:
+    resolution = 32
+
+
+class GroundTruthPipe:
+    """Answers every request with its ground truth: records the batches it is called with."""
+
+    config, max_foregrounds = _Config(), 3
+
+    def __init__(self, pairs):
+        self.truth = {request.prompt: pair for pair in pairs for request in pair[:1]}
+        self.batches = []
+
+    def __call__(self, scenes, num_inference_steps, guidance_scale, seed, *, caca, lssa, irh):
+        from dreamlayer_jax.eval.evaluate import truth_as_result
+
+        self.batches.append(([len(s.layers) for s in scenes], list(seed)))
+        return [truth_as_result(self.truth[s.prompt]) for s in scenes]
+
+    def decompose(self, image, layers, background, *, prompt, **kwargs):
+        from dreamlayer_jax.eval.evaluate import truth_as_result
+
+        request, truth = self.truth[prompt]
+        assert np.array_equal(image, truth.composite) and list(layers) == list(request.layers)
+        return truth_as_result(self.truth[prompt])
+
+
+def test_generate_batches_by_foreground_count_and_keeps_the_order():
+    from dreamlayer_jax.eval.evaluate import generate
+
+    pairs = held_out_scenes(7, seed=1, resolution=16)
+    pipe = GroundTruthPipe(pairs)
+    results = generate(pipe, [r for r, _ in pairs], batch_size=3, seed=2)
+    assert [r.scene for r in results] == [r for r, _ in pairs]
+    assert all(len(counts) == 3 for counts, _ in pipe.batches)  # the last batch is padded
+    counts = [c for batch, _ in pipe.batches for c in batch]
+    assert counts[:7] == sorted(counts[:7])
+    seeds = {s for _, batch in pipe.batches for s in batch}
+    assert len(seeds) == 7  # one seed per scene, the same in every row
+
+
+def test_ground_truth_scores_perfectly_on_layout_fidelity_and_decomposition(classifier32):
+    pairs = held_out_scenes(12, seed=4, resolution=32)
+    measures = evaluate(GroundTruthPipe(pairs), pairs, batch_size=5, classifier=classifier32)
+    assert measures["layout"] == (pytest.approx(1.0), pytest.approx(0.0))
+    assert measures["colour"][0] == 1.0 and measures["shape"][0] >= 0.9
+    assert measures["background_psnr"][0] == PSNR_CAP and measures["alpha_iou"][0] == 1.0
+    # The true composite is lit (sunset / night) while its layers are not.
+    assert 10.0 < measures["coherence_psnr"][0] < PSNR_CAP
+
+
+def test_quality_benchmark_exits_2_when_the_model_is_missing(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "quality.py"
+    spec = importlib.util.spec_from_file_location("quality_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--model", str(tmp_path / "missing"), "--out",
+                        str(tmp_path / "RESULTS.md")]) == 2
+    assert "cannot load" in capsys.readouterr().err
+    assert not (tmp_path / "RESULTS.md").exists()
