@@ -20,6 +20,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -60,7 +61,8 @@ def _upscale(image: np.ndarray, target: int = 96) -> np.ndarray:
     return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
 
 
-def save_samples(pipe, pairs, img_dir: Path, rel: str, args) -> list[str]:
+def save_samples(pipe: Any, pairs: list[tuple[Any, Any]], img_dir: Path, rel: str,
+                 args: argparse.Namespace) -> list[str]:
     """Ground truth and generated strips for the first scenes; returns markdown lines."""
     from dreamlayer_jax.eval.evaluate import generate
 
@@ -90,8 +92,8 @@ def save_samples(pipe, pairs, img_dir: Path, rel: str, args) -> list[str]:
     return lines
 
 
-def write_report(path: Path, args, pipe, classifier, table: str, samples: list[str],
-                 seconds: float) -> None:
+def write_report(path: Path, args: argparse.Namespace, pipe: Any, classifier: Any, table: str,
+                 samples: list[str], seconds: float) -> None:
     import jax
 
     from dreamlayer_jax.eval.evaluate import MEASURES
@@ -103,7 +105,7 @@ def write_report(path: Path, args, pipe, classifier, table: str, samples: list[s
         "layout": "share of each foreground's alpha mass inside its box (the pipeline "
                   "clears alpha outside the box plus the model's box_margin, so only mass "
                   "in that margin can lower it)",
-        "box_iou": "IoU of each foreground's opaque extent (alpha > 0.5) with its box",
+        "box_iou": "IoU of each foreground's visible extent (alpha > 0.05) with its box",
         "colour": "share of foregrounds whose colour the ground-truth classifier reads as asked",
         "shape": "share of foregrounds whose shape the ground-truth classifier reads as asked",
         "coherence_psnr": "PSNR of the global layer vs. the alpha-composite of the "

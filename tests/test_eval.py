@@ -57,8 +57,9 @@ def test_box_iou_of_the_opaque_extent():
     alpha = _alpha(slice(2, 6), slice(0, 4))
     assert box_iou(alpha, (0.0, 0.25, 0.5, 0.75)) == pytest.approx(1.0)
     assert box_iou(alpha, (0.0, 0.25, 1.0, 0.75)) == pytest.approx(0.5)
-    shadow_only = np.full((8, 8), 0.5, np.float32)  # alpha 0.5 is not above the threshold
-    assert box_iou(shadow_only, (0.0, 0.0, 1.0, 1.0)) == 0.0
+    faint = np.full((8, 8), 0.04, np.float32)  # below the visibility threshold 0.05
+    assert box_iou(faint, (0.0, 0.0, 1.0, 1.0)) == 0.0
+    assert box_iou(faint + alpha, (0.0, 0.25, 0.5, 0.75)) == pytest.approx(1.0)
 
 
 def test_psnr_known_values_and_cap():

@@ -10,7 +10,8 @@ foregrounds (`layout`, `box_iou`, `colour`, `shape`, `alpha_iou`) or all scenes
 (`coherence_psnr`, `background_psnr`):
 
 - `layout`: share of each generated foreground's alpha mass inside its box.
-- `box_iou`: IoU of each foreground's opaque extent with its box (does it fill it?).
+- `box_iou`: IoU of each foreground's visible extent (alpha > 0.05) with its box
+  (does the object fill it?).
 - `colour`, `shape`: share of foregrounds the ground-truth-trained classifier
   recognises as the asked colour / shape (layer fidelity).
 - `coherence_psnr`: PSNR of the global layer against the composite of the layers.
@@ -103,7 +104,7 @@ def generate(pipe: Any, requests: Sequence[Scene], *, steps: int = 20, guidance:
     size = max(1, int(batch_size))
     for start in range(0, len(order), size):
         chunk = order[start : start + size]
-        padded = chunk + [chunk[-1]] * (size - len(chunk)) if len(order) > size else chunk
+        padded = chunk + [chunk[-1]] * (size - len(chunk))
         out = pipe([requests[i] for i in padded], num_inference_steps=steps,
                    guidance_scale=guidance, seed=[seeds[i] for i in padded],
                    caca=caca, lssa=lssa, irh=irh)

@@ -4,7 +4,7 @@ Pure, vectorised numpy. Images are `[H, W, C]`, uint8 in `[0, 255]` or float in 
 (uint8 is converted); boxes are `(x0, y0, x1, y1)` fractions of the image side.
 
 - `layout_alignment`: the share of a foreground's alpha mass inside its box.
-- `box_iou`: IoU of the opaque part's bounding box (alpha > 0.5) with the asked box.
+- `box_iou`: IoU of the visible part's bounding box (alpha > 0.05) with the asked box.
 - `coherence_psnr`: PSNR of the global layer against the alpha-composite of the
   generated background and foregrounds (inter-layer coherence).
 - `psnr`, `alpha_iou`: decomposition against ground truth (background, alpha masks).
@@ -29,7 +29,8 @@ Box = tuple[float, float, float, float]
 PSNR_CAP = 100.0
 """The PSNR of identical images, in dB (a mean squared error below 1e-10)."""
 
-ALPHA_THRESHOLD = 0.5
+ALPHA_THRESHOLD = 0.5  # alpha IoU: opaque vs transparent
+BOX_ALPHA_THRESHOLD = 0.05  # box IoU: visible, faint shadow edges included, noise not
 
 
 def _alpha(alpha: np.ndarray) -> np.ndarray:
@@ -77,11 +78,13 @@ def _mask_box(mask: np.ndarray) -> Box | None:
     return (cols[0] / w, rows[0] / h, (cols[-1] + 1) / w, (rows[-1] + 1) / h)
 
 
-def box_iou(alpha: np.ndarray, box: Box, threshold: float = ALPHA_THRESHOLD) -> float:
+def box_iou(alpha: np.ndarray, box: Box, threshold: float = BOX_ALPHA_THRESHOLD) -> float:
     """IoU of the bounding box of `alpha > threshold` with the asked `box` (0 if empty).
 
     1 means the object fills its box exactly; the synthetic boxes are the ground-truth
-    objects' extents (shadow included), so this also checks the object's size.
+    objects' extents (shadow included, down to alpha 1/255), so this also checks the
+    object's size. Ground truth itself scores about 0.95 at 32 px (0.80 at 8 px): the
+    faintest shadow edge lies below the threshold.
     """
     found = _mask_box(_alpha(alpha) > threshold)
     if found is None:
