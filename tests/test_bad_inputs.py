@@ -533,7 +533,8 @@ def test_bad_input_exits_2_with_one_error_line_and_writes_nothing(case, runner, 
 def test_accepted_input_succeeds_and_says_what_it_did(case, runner, tmp_path):
     proc, _, ctx = outcome(case, runner, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "error" not in proc.stderr, proc.stderr[-3000:]
+    # (jax may log compilation-cache warnings here; only our own error lines matter)
+    assert not any(line.startswith("error") for line in proc.stderr.splitlines()), proc.stderr
     assert case.expect in proc.stderr, proc.stderr[-3000:]
     assert str(ctx.out) in proc.stdout
     if case.tool == "import":
