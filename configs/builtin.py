@@ -7,7 +7,8 @@ Reproduce the weights shipped in `dreamlayer_jax/builtin/` with `make builtin`, 
         --set model=runs/builtin/init
     # then runs/builtin/export is copied to dreamlayer_jax/builtin/
 
-32x32 RGBA pixels (PixelCodec, pixel-unshuffled to 16x16x16 latents), up to 3 foregrounds, its own word tokenizer and a
+32x32 RGBA pixels (PixelCodec, pixel-unshuffled to 16x16x16 latents), up to 3
+foregrounds, its own word tokenizer and a
 2-layer text encoder over the synthetic vocabulary.
 """
 
