@@ -174,7 +174,8 @@ class DreamLayerPipeline:
     def run_sampler(self, sched: Scheduler, plan, ctx: LayerContext, uncond: jax.Array,
                     x: jax.Array, guidance_scale: float, seed: int, settings: IRHSettings, *,
                     mode: str = "generate", pinned: jax.Array | None = None,
-                    layer_noise: jax.Array | None = None, start: int = 0,
+                    layer_noise: jax.Array | None = None, keep: jax.Array | None = None,
+                    start: int = 0,
                     mesh: Mesh | None = None, progress: bool = False) -> jax.Array:
         """Run the jitted sampler; with a `mesh`, latents are laid out `[B, L]` over
         `("data", "fsdp") x "layer"` and the parameters replicated."""
@@ -191,7 +192,7 @@ class DreamLayerPipeline:
                 jnp.float32(guidance_scale), jax.random.key(seed),
                 compositor=self.codec.compositor, irh=settings.as_arrays(), mode=mode,
                 pinned=pinned,
-                layer_noise=layer_noise, start=start, sharding=sharding,
+                layer_noise=layer_noise, keep=keep, start=start, sharding=sharding,
                 progress=self._progress if progress else None)
 
     def decompose(self, image: Any, layers: Sequence[Any] = (), background: str = "background",

@@ -6,8 +6,10 @@ applied after each step. Three modes share it:
 
 - `generate`: text to layers;
 - `decompose`: the global layer pinned to a DDIM-inverted trajectory at every step;
-- `edit`: the layers kept (re-noised to each step's level), only the global layer
-  re-harmonized from IRH's start step.
+- `edit`: the kept slots (default: every layer but the global one) reset after each
+  step to their saved latents re-noised to that step's level, the others sampled;
+  used to re-harmonize the global layer from IRH's start step, and to regenerate a
+  re-prompted foreground among kept ones.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ def sample_layers(
     mode: str = "generate",
     pinned: jax.Array | None = None,
     layer_noise: jax.Array | None = None,
+    keep: jax.Array | None = None,
     start: int = 0,
     sharding: NamedSharding | None = None,
     progress: ProgressHook | None = None,
@@ -83,12 +86,16 @@ def sample_layers(
       pinned: "decompose": the global layer's latents at the start of each step and the
         clean one, `[S + 1, B, h, w, c]`; "edit": the kept clean layers `[B, L, h, w, c]`.
       layer_noise: "edit": the fixed noise `[B, L, h, w, c]` that re-noises kept layers.
+      keep: "edit": `bool[B, L]`, the slots held to `pinned` (default: all but global).
       sharding: the latents' sharding, e.g. batch over "data" and layers over "layer".
       progress: a `ProgressHook` ticked once per step.
     """
     unet = nnx.merge(graphdef, params)
     num_steps = plan.num_steps
     model_fn = guided(unet, ctx, uncond_text, guidance, sharding)
+    if mode == "edit":
+        held = keep if keep is not None else jnp.arange(x.shape[1]) < x.shape[1] - 1
+        held = jnp.broadcast_to(held, x.shape[:2])
 
     def post_step(x: jax.Array, i: jax.Array) -> jax.Array:
         done = i + 1
@@ -98,7 +105,7 @@ def sample_layers(
             level = jnp.minimum(done, num_steps - 1)
             renoised = sched.add_noise_at_step(plan, level, pinned, layer_noise)
             kept = jnp.where(done >= num_steps, pinned, renoised)
-            x = x.at[:, :-1].set(kept[:, :-1].astype(x.dtype))
+            x = jnp.where(held[..., None, None, None], kept.astype(x.dtype), x)
         x = harmonize(irh, compositor, x, ctx, done, num_steps)
         if sharding is not None:
             x = jax.lax.with_sharding_constraint(x, sharding)
