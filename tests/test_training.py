@@ -16,19 +16,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tiny_model import TINY_SCHEDULER, TINY_TEXT, TINY_UNET, WORDS
+from tiny_model import small_train_fields, write_small_train_model
 
 from dreamlayer_jax.errors import ConfigError, NumericalError
 from dreamlayer_jax.parallel.mesh import make_mesh
-from dreamlayer_jax.pipeline.create import create_model_folder
 from dreamlayer_jax.training.checkpoint import Checkpointer
 from dreamlayer_jax.training.config import TrainConfig, config_from_dict, load_config_file
 
-# Smaller than tiny_model's UNet (one resolution level) to keep compiles short; 16x16
-# RGBA scenes pixel-unshuffled by 2 into 8x8x16 latents.
-SMALL_UNET = {**TINY_UNET, "in_channels": 16, "out_channels": 16,
-              "down_block_types": ["CrossAttnDownBlock2D"],
-              "up_block_types": ["CrossAttnUpBlock2D"], "block_out_channels": [16]}
 STEPS, KILL_AT = 6, 3
 
 CHILD = textwrap.dedent("""
@@ -50,20 +44,13 @@ CHILD = textwrap.dedent("""
 
 
 def small_config(model: Path) -> TrainConfig:
-    return TrainConfig(model=str(model), batch_size=4, max_layers=4, synthetic_scenes=8,
-                       synthetic_resolution=16, num_steps=STEPS, checkpoint_every=KILL_AT,
-                       warmup_steps=2, learning_rate=3e-3, ema_decay=0.9, log_every=2,
-                       async_checkpoints=True, progress=False, export=True)
+    return TrainConfig(**small_train_fields(model, num_steps=STEPS, checkpoint_every=KILL_AT))
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("training")
-    model = create_model_folder(
-        root / "model", unet=SMALL_UNET, text_encoder=TINY_TEXT, words=WORDS,
-        dreamlayer={"max_layers": 4, "codec": "pixel", "pixel_unshuffle": 2,
-                    "resolution": 16, "box_margin": 0.0},
-        scheduler=TINY_SCHEDULER)
+    model = write_small_train_model(root / "model")
     cfg = small_config(model)
     fields = {k: v for k, v in cfg.__dict__.items() if k != "extra"}
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
@@ -175,3 +162,35 @@ def test_config_file_and_overrides(tmp_path):
         config_from_dict({"num_step": 3})
     with pytest.raises(ConfigError, match="batch_size"):
         load_config_file(path, ["batch_size=0"])
+
+
+def test_checkpoint_from_one_device_restores_onto_a_2x2x2_mesh(setup, tmp_path):
+    from dreamlayer_jax.training.checkpoint import abstract_like
+    from dreamlayer_jax.training.step import state_shardings
+
+    trainer, batch = setup["trainer"], setup["batch"]
+    state, _ = trainer.step_fn(trainer.initial_state(), trainer.text_params, batch)
+    ckpt = Checkpointer(tmp_path, async_save=False)
+    ckpt.save(1, state, {"it": 1})
+    ckpt.close()
+    mesh = make_mesh(2, 2, 2)
+    target = abstract_like(state, state_shardings(mesh, state))
+    step, restored, data_state, _ = Checkpointer(tmp_path).restore(target)
+    assert step == 1 and data_state == {"it": 1}
+    for a, b, want in zip(jax.tree.leaves(_host(state)), jax.tree.leaves(restored),
+                          jax.tree.leaves(target), strict=True):
+        np.testing.assert_array_equal(np.asarray(b), a)
+        assert b.sharding.is_equivalent_to(want.sharding, b.ndim)
+    sharded = [x for x in jax.tree.leaves(restored) if len(x.sharding.device_set) == 8
+               and not x.sharding.is_fully_replicated]
+    assert sharded, "no leaf was laid out over fsdp on the new mesh"
+
+
+def test_export_records_the_trained_prediction_type(setup, tmp_path, monkeypatch):
+    trainer = setup["trainer"]
+    monkeypatch.setattr(trainer, "cfg", trainer.cfg.replace(prediction_type="v_prediction"))
+    folder = trainer.export(tmp_path / "export", trainer.initial_state())
+    config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    assert config["prediction_type"] == "v_prediction"
+    base = json.loads((trainer.base_folder / "scheduler" / "scheduler_config.json").read_text())
+    assert base["prediction_type"] == "epsilon"

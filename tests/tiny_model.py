@@ -32,3 +32,25 @@ def write_tiny_model(folder: Path, max_layers: int = 5, seed: int = 0) -> Path:
         dreamlayer={"max_layers": max_layers, "codec": "pixel", "resolution": 8,
                     "box_margin": 0.0},
         scheduler=TINY_SCHEDULER, seed=seed)
+
+# The training tests' model: one resolution level; 16x16 RGBA scenes pixel-unshuffled by
+# 2 into 8x8x16 latents, up to 2 foregrounds.
+SMALL_UNET = {**TINY_UNET, "in_channels": 16, "out_channels": 16,
+              "down_block_types": ["CrossAttnDownBlock2D"],
+              "up_block_types": ["CrossAttnUpBlock2D"], "block_out_channels": [16]}
+
+
+def write_small_train_model(folder: Path) -> Path:
+    return create_model_folder(
+        folder, unet=SMALL_UNET, text_encoder=TINY_TEXT, words=WORDS,
+        dreamlayer={"max_layers": 4, "codec": "pixel", "pixel_unshuffle": 2,
+                    "resolution": 16, "box_margin": 0.0},
+        scheduler=TINY_SCHEDULER)
+
+
+def small_train_fields(model: Path, **overrides) -> dict:
+    """`TrainConfig` fields of the small training runs (a JSON-able dict)."""
+    return {"model": str(model), "batch_size": 4, "max_layers": 4, "synthetic_scenes": 8,
+            "synthetic_resolution": 16, "num_steps": 6, "checkpoint_every": 3,
+            "warmup_steps": 2, "learning_rate": 3e-3, "ema_decay": 0.9, "log_every": 2,
+            "async_checkpoints": True, "progress": False, "export": True, **overrides}

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TextIO
 
 from dreamlayer_jax.errors import DreamLayerError, InputError, OutputError
 
@@ -74,3 +77,40 @@ def check_output_folder(path: Path) -> None:
     except OSError as exc:
         raise OutputError(f"output folder {str(path)!r} is not writable "
                           f"({exc.strerror})") from None
+
+
+@contextlib.contextmanager
+def library_output_to_log(folder: Path, name: str = "train.log") -> Iterator[TextIO]:
+    """Divert file descriptor 2 (absl/orbax logging, XLA and tensorstore messages,
+    tracebacks from background threads) to `folder/name`, so that the terminal sees only
+    the tool's own lines: yields the terminal's stderr for the progress bar.
+
+    The log is kept (appended) if `folder` exists at the end, otherwise discarded, so a
+    run refused before it created anything leaves nothing behind. A `DreamLayerError`
+    inside ends the process here: its one line on the terminal, then `os._exit`, so that
+    background threads (an async checkpoint write that failed) cannot print after it.
+    For command-line entry points only.
+    """
+    sys.stderr.flush()
+    terminal_fd = os.dup(2)
+    terminal = os.fdopen(terminal_fd, "w", buffering=1)
+    with tempfile.NamedTemporaryFile("w+", prefix=".dreamlayer-log-", suffix=".log") as log:
+        os.dup2(log.fileno(), 2)
+        error = None
+        try:
+            yield terminal
+        except DreamLayerError as exc:
+            error = exc
+        finally:
+            sys.stderr.flush()
+            if folder.is_dir() and log.tell() > 0:
+                log.seek(0)
+                with open(folder / name, "a") as kept:
+                    shutil.copyfileobj(log, kept)
+            if error is None:
+                os.dup2(terminal_fd, 2)
+                terminal.close()
+    if error is not None:
+        print(error.one_line(), file=terminal, flush=True)
+        sys.stdout.flush()
+        os._exit(error.exit_code)

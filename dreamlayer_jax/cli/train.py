@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
-from dreamlayer_jax.cli.common import ArgumentParser, run_cli
+from dreamlayer_jax.cli.common import ArgumentParser, library_output_to_log, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,8 +56,10 @@ def _main(argv: list[str] | None) -> int:
     maybe_initialize_distributed(args)
     from dreamlayer_jax.training.loop import Trainer
 
-    trainer = Trainer(cfg, args.workdir)
-    history = trainer.run(resume=args.resume)
+    # library chatter (orbax, absl, XLA) goes to WORKDIR/train.log; errors stay one line
+    with library_output_to_log(Path(args.workdir)) as terminal:
+        trainer = Trainer(cfg, args.workdir, progress_stream=terminal)
+        history = trainer.run(resume=args.resume)
     if history:
         step, loss = history[-1]
         print(f"trained to step {step}, last loss {loss:.4f}; model in {args.workdir}/export")

@@ -66,12 +66,22 @@ class Checkpointer:
         return step, out[STATE], dict(out[DATA] or {}), dict(out[META] or {})
 
     def wait(self) -> None:
-        """Block until pending async saves are on disk."""
-        self.manager.wait_until_finished()
+        """Block until pending async saves are on disk; a failed background write (disk
+        full, permissions) surfaces here as a CheckpointError. The failed step is never
+        finalised, so `latest_step()` still names the previous complete checkpoint."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as exc:
+            raise CheckpointError(f"writing a checkpoint in {self.directory} failed "
+                                  f"(disk full or not writable?); the previous complete "
+                                  f"checkpoint is kept: {' '.join(str(exc).split())[:200]}"
+                                  ) from exc
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
 
 
 def abstract_like(state: Any, shardings: Any) -> Any:

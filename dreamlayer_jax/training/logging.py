@@ -55,10 +55,12 @@ class MetricsLogger:
 
             self.writer = SummaryWriter(str(self.workdir / "tensorboard"))
 
-    def progress(self, start: int, total: int, enabled: bool = True):
+    def progress(self, start: int, total: int, enabled: bool = True, stream: Any = None):
+        """A tqdm bar on `stream` (default: stderr)."""
         if not (enabled and self.enabled):
             return _NoBar()
-        return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+        return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
+                    file=stream)
 
     def scalars(self, step: int, metrics: Mapping[str, Any]) -> None:
         if self.writer is None:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -74,13 +75,15 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, workdir: str | os.PathLike, *,
                  mesh: Mesh | None = None,
-                 on_checkpoint: Callable[[int], None] | None = None) -> None:
+                 on_checkpoint: Callable[[int], None] | None = None,
+                 progress_stream: Any = None) -> None:
         if cfg.mode != "diffusion":
             raise ConfigError(f"mode={cfg.mode!r} is not implemented by this trainer yet")
         if not cfg.model:
             raise ConfigError("train config: model (the base model folder) is required")
         self.cfg, self.workdir = cfg, Path(workdir)
-        self.on_checkpoint = on_checkpoint
+        self.on_checkpoint = on_checkpoint  # called with the step once a save is complete
+        self.progress_stream = progress_stream  # the progress bar's stream (default stderr)
         self.base_folder = resolve_model_folder(cfg.model)
         self.pipe = DreamLayerPipeline.from_pretrained(self.base_folder)
         self.max_layers = cfg.max_layers or self.pipe.config.max_layers
@@ -162,7 +165,8 @@ class Trainer:
         if state is None:
             state = self.initial_state()
         logger = MetricsLogger(self.workdir, enabled=jax.process_index() == 0)
-        bar = logger.progress(start, cfg.num_steps, enabled=cfg.progress)
+        bar = logger.progress(start, cfg.num_steps, enabled=cfg.progress,
+                              stream=self.progress_stream)
         tick = time.perf_counter()
         try:
             for step in range(start, cfg.num_steps):
@@ -220,7 +224,18 @@ class Trainer:
                 shutil.copytree(src, folder / part, dirs_exist_ok=True)
             elif src.is_file():
                 shutil.copy2(src, folder / part)
+        self._export_prediction_type(folder / "scheduler" / "scheduler_config.json")
         return folder
+
+    def _export_prediction_type(self, path: Path) -> None:
+        """The exported scheduler predicts what the UNet was trained to predict (the
+        config's `prediction_type` may override the base model's)."""
+        if not self.cfg.prediction_type or not path.is_file():
+            return
+        config = json.loads(path.read_text())
+        if config.get("prediction_type") != self.cfg.prediction_type:
+            config["prediction_type"] = self.cfg.prediction_type
+            path.write_text(json.dumps(config, indent=2) + "\n")
 
     def write_samples(self, logger: MetricsLogger, step: int, state: TrainState) -> None:
         """Sample the fixed eval scenes with the EMA weights; a PNG grid + TensorBoard."""
