@@ -210,3 +210,13 @@ def test_a_picture_of_another_size_or_mode_is_converted_with_a_warning(tmp_path)
         load_image(tmp_path / "missing.png", 8)
     with pytest.raises(InputError, match="uint8"):
         load_image(np.zeros((8, 8, 3), np.float32), 8)
+
+
+def test_a_16_bit_grey_png_path_keeps_its_grey_levels(tmp_path):
+    from PIL import Image
+
+    wide = np.full((8, 8), 128 * 257, np.uint16)  # mid grey in 16 bits
+    path = tmp_path / "grey16.png"
+    Image.fromarray(wide).save(path)
+    assert Image.open(path).mode.startswith("I")
+    np.testing.assert_allclose(load_image(path, 8), 128 / 255, atol=1e-6)

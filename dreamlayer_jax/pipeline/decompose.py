@@ -21,6 +21,7 @@ from flax import nnx
 from PIL import Image, UnidentifiedImageError
 
 from dreamlayer_jax.attention.context import LayerContext
+from dreamlayer_jax.data.image_io import pil_to_rgba
 from dreamlayer_jax.errors import InputError
 from dreamlayer_jax.models.layer_unet import DreamLayerUNet
 from dreamlayer_jax.pipeline.irh import IRHSettings
@@ -39,11 +40,11 @@ ImageLike = np.ndarray | Image.Image | str | os.PathLike
 def load_image(image: ImageLike, resolution: int) -> np.ndarray:
     """The picture as float `[resolution, resolution, 3]` RGB in [0, 1].
 
-    Accepts a `uint8` `[H, W, 3 | 4]` array, a PIL image or a path. Other PIL modes are
-    converted to RGB; a 4-channel picture is flattened over black (its premultiplied
-    colour, what the codecs store). A picture of another size is resized (bicubic) to the
-    model's square resolution with a warning: the aspect ratio is not kept, so the boxes
-    are fractions of the resized canvas.
+    Accepts a `uint8` `[H, W, 3 | 4]` array, a PIL image or a path. Every PIL mode is
+    read as RGBA (16-bit grey scaled to 8 bits); a 4-channel picture is flattened over
+    black (its premultiplied colour, what the codecs store). A picture of another size
+    is resized (bicubic) to the model's square resolution with a warning: the aspect
+    ratio is not kept, so the boxes are fractions of the resized canvas.
     """
     if isinstance(image, str | os.PathLike):
         path = Path(image)
@@ -56,8 +57,7 @@ def load_image(image: ImageLike, resolution: int) -> np.ndarray:
         except (OSError, UnidentifiedImageError) as exc:
             raise InputError(f"cannot read image {str(path)!r}: {exc}") from exc
     if isinstance(image, Image.Image):
-        pil = image if image.mode in ("RGB", "RGBA") else image.convert("RGB")
-        array = np.asarray(pil)
+        array = pil_to_rgba(image)  # 16-bit grey scaled to 8 bits, palettes keep alpha
     elif isinstance(image, np.ndarray):
         array = image
         if array.dtype != np.uint8:
