@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from dreamlayer_jax.attention.backends import attend
 from dreamlayer_jax.attention.layer_attention import AttendFn, caca_attention, lssa_attention
 from dreamlayer_jax.attention.masks import ROLE_BACKGROUND, ROLE_FOREGROUND, ROLE_GLOBAL
 
@@ -30,6 +31,8 @@ class LayerContext:
         background and the global layer.
       text: `[B, L, T, D]` each layer's prompt embedding (slot `L-1`: the global prompt).
       caca, lssa, lssa_scope, box_margin: static switches (DESIGN.md section 2).
+      attention_backend: the concrete kernel of every attention call ("xla", "cudnn" or
+        "splash"; `attention.backends.resolve_backend` turns "auto" into one).
     """
 
     layer_valid: jax.Array
@@ -40,6 +43,7 @@ class LayerContext:
     lssa: bool = struct.field(pytree_node=False, default=True)
     lssa_scope: Literal["global", "all"] = struct.field(pytree_node=False, default="global")
     box_margin: float = struct.field(pytree_node=False, default=0.05)
+    attention_backend: str = struct.field(pytree_node=False, default="xla")
 
     @property
     def num_layers(self) -> int:
@@ -61,15 +65,20 @@ class LayerContext:
     def attention_fns(self, h: int, w: int) -> tuple[AttendFn | None, AttendFn | None]:
         """The (self, cross) attention functions for a block at spatial size `h x w`.
 
-        `None` means plain per-layer attention (that mechanism is switched off).
+        A mechanism switched off is plain per-layer attention on the same backend.
         """
-        self_fn = cross_fn = None
-        if self.lssa:
-            def self_fn(q, k, v):
+        backend = self.attention_backend
+
+        def self_fn(q, k, v):
+            if self.lssa:
                 return lssa_attention(q, k, v, self, h, w)
-        if self.caca:
-            def cross_fn(q, k, v):
+            return attend(q, k, v, backend=backend)
+
+        def cross_fn(q, k, v):
+            if self.caca:
                 return caca_attention(q, k, v, self, h, w)
+            return attend(q, k, v, backend=backend)
+
         return self_fn, cross_fn
 
 

@@ -1,4 +1,4 @@
-"""CACA and LSSA (DESIGN.md section 2) as masked `jax.nn.dot_product_attention` calls.
+"""CACA and LSSA (DESIGN.md section 2) as masked attention calls (`backends.attend`).
 
 Every function takes the projections of one attention block with layers folded into
 the batch, `q[B*L, N, H, d]` and `k, v[B*L, S, H, d]`, and returns `[B*L, N, H, d]`.
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import jax
 import jax.numpy as jnp
 
+from dreamlayer_jax.attention.backends import attend
 from dreamlayer_jax.attention.masks import (
     ROLE_BACKGROUND,
     ROLE_FOREGROUND,
@@ -82,8 +83,8 @@ def lssa_attention(
         mask = per_layer.reshape(batch, num_layers, num_layers * n)
     else:
         raise ValueError(f"unknown lssa_scope {ctx.lssa_scope!r}")
-    mask = _fold(mask)[:, None, None, :]  # [B*L, 1, 1, S]: depends on the key only
-    return jax.nn.dot_product_attention(q, keys, values, mask=mask)
+    # [B*L, S]: the mask depends on the key only (splash: segment ids)
+    return attend(q, keys, values, key_mask=_fold(mask), backend=ctx.attention_backend)
 
 
 def caca_attention(
@@ -103,7 +104,8 @@ def caca_attention(
     # Background and foregrounds: own prompt and the global prompt, no mask needed.
     k_local = jnp.concatenate([k5[:, :-1], jnp.broadcast_to(k5[:, -1:], k5[:, :-1].shape)], 2)
     v_local = jnp.concatenate([v5[:, :-1], jnp.broadcast_to(v5[:, -1:], v5[:, :-1].shape)], 2)
-    out_local = jax.nn.dot_product_attention(_fold(q5[:, :-1]), _fold(k_local), _fold(v_local))
+    out_local = attend(_fold(q5[:, :-1]), _fold(k_local), _fold(v_local),
+                       backend=ctx.attention_backend)
 
     # Global layer: every layer's tokens, gated per pixel by the region masks.
     fg = foreground_regions(ctx.boxes, ctx.roles, ctx.layer_valid, h, w, ctx.box_margin)
@@ -115,7 +117,8 @@ def caca_attention(
     mask = jnp.repeat(jnp.swapaxes(per_layer, 1, 2), t, axis=2)  # [B, N, L*T]
     k_all = k5.reshape(batch, num_layers * t, *k5.shape[3:])
     v_all = v5.reshape(batch, num_layers * t, *v5.shape[3:])
-    out_global = jax.nn.dot_product_attention(q5[:, -1], k_all, v_all, mask=mask[:, None])
+    out_global = attend(q5[:, -1], k_all, v_all, mask=mask[:, None],
+                        backend=ctx.attention_backend)
 
     out = jnp.concatenate([_unfold(out_local, num_layers - 1), out_global[:, None]], axis=1)
     return _fold(out)

@@ -39,6 +39,7 @@ class DreamLayerConfig(ModelConfig):
     box_margin: float = 0.05
     irh_start: float = 0.3
     irh_retain: float = 0.5
+    attention_backend: str = "auto"  # "auto" | "xla" | "cudnn" | "splash" (attention/backends)
 
     def validate(self, raw: dict[str, Any]) -> None:
         from dreamlayer_jax.errors import ConfigError
@@ -49,6 +50,11 @@ class DreamLayerConfig(ModelConfig):
             raise ConfigError(f"dreamlayer: codec={self.codec!r} must be 'latent' or 'pixel'")
         if self.lora_rank < 0:
             raise ConfigError(f"dreamlayer: lora_rank={self.lora_rank} must be >= 0")
+        from dreamlayer_jax.attention.backends import BACKENDS
+
+        if self.attention_backend not in BACKENDS:
+            raise ConfigError(f"dreamlayer: attention_backend={self.attention_backend!r} must "
+                              f"be one of {list(BACKENDS)}")
 
 
 class DreamLayerUNet(nnx.Module):
@@ -101,6 +107,6 @@ class DreamLayerUNet(nnx.Module):
             text,
             added,
             extra_emb=extra,
-            layer_ctx=ctx if ctx.uses_layer_attention else None,
+            layer_ctx=ctx,
         )
         return out.reshape(b, num_layers, *out.shape[1:])

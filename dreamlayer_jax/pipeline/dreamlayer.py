@@ -14,6 +14,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from dreamlayer_jax.attention.backends import resolve_backend
 from dreamlayer_jax.attention.context import LayerContext, make_roles
 from dreamlayer_jax.attention.masks import ROLE_FOREGROUND, box_masks_soft
 from dreamlayer_jax.errors import InputError, NumericalError
@@ -120,7 +121,8 @@ class DreamLayerPipeline:
         layer_valid = jnp.asarray(valid)
         ctx = LayerContext(layer_valid=layer_valid, roles=make_roles(layer_valid),
                            boxes=jnp.asarray(boxes), text=text, caca=caca, lssa=lssa,
-                           lssa_scope=lssa_scope, box_margin=self.config.box_margin)
+                           lssa_scope=lssa_scope, box_margin=self.config.box_margin,
+                           attention_backend=resolve_backend(self.config.attention_backend))
         return ctx, uncond
 
     def initial_noise(self, seeds: Sequence[int], num_layers: int, shape: tuple[int, ...]

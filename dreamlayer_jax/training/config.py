@@ -61,6 +61,7 @@ class TrainConfig:
     max_nonfinite: int = 10  # consecutive skipped steps before the run stops
     # scale
     mesh: tuple[int, int, int] = (-1, 1, 1)  # (data, fsdp, layer)
+    attention_backend: str = ""  # "" = the model's; "auto" | "xla" | "cudnn" | "splash"
     # bookkeeping
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
@@ -93,6 +94,9 @@ class TrainConfig:
         if self.compute_dtype not in DTYPES:
             raise ConfigError(f"train config: compute_dtype={self.compute_dtype!r} must be "
                               f"one of {DTYPES}")
+        if self.attention_backend not in ("", "auto", "xla", "cudnn", "splash"):
+            raise ConfigError(f"train config: attention_backend={self.attention_backend!r} "
+                              "must be auto, xla, cudnn or splash")
         if self.prediction_type not in ("", "epsilon", "v_prediction", "sample"):
             raise ConfigError(f"train config: prediction_type={self.prediction_type!r}")
         if not self.learning_rate > 0 or not 0 <= self.end_lr_ratio <= 1:

@@ -21,6 +21,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from dreamlayer_jax.attention.backends import resolve_backend
 from dreamlayer_jax.data.input_pipeline import make_eval_scenes, make_train_iterator
 from dreamlayer_jax.data.scene_example import scene_to_example
 from dreamlayer_jax.data.synthetic import SyntheticSceneGenerator
@@ -101,8 +102,9 @@ class Trainer:
         self.text_graph, text_params = nnx.split(self.pipe.text_encoder)
         params, text_params = nnx.to_pure_dict(params), nnx.to_pure_dict(text_params)
         self.tx = make_optimizer(cfg, params)
+        backend = resolve_backend(cfg.attention_backend or self.pipe.config.attention_backend)
         loss_fn = make_loss_fn(cfg, self.unet_graph, self.text_graph, self.pipe.codec,
-                               self.pipe.scheduler, self.pipe.config.box_margin)
+                               self.pipe.scheduler, self.pipe.config.box_margin, backend)
         self._init_state = init_train_state(params, self.tx, cfg.seed)
         self.text_params = jax.device_put(text_params)
         self.train_step = make_train_step(cfg, self.tx, loss_fn, params)

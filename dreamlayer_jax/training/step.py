@@ -50,8 +50,10 @@ def _cast(tree: Any, dtype: jnp.dtype) -> Any:
 
 
 def make_loss_fn(cfg: TrainConfig, unet_graph: nnx.GraphDef, text_graph: nnx.GraphDef,
-                 codec: Any, sched: Any, box_margin: float) -> Callable:
-    """`loss(params, text_params, batch, key) -> (loss, aux)` for one micro-batch."""
+                 codec: Any, sched: Any, box_margin: float,
+                 attention_backend: str = "xla") -> Callable:
+    """`loss(params, text_params, batch, key) -> (loss, aux)` for one micro-batch;
+    `attention_backend` is a concrete kernel (`attention.backends.resolve_backend`)."""
     prediction_type = cfg.prediction_type or sched.config.prediction_type
     num_train_timesteps = int(sched.config.num_train_timesteps)
     compute_dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
@@ -76,7 +78,8 @@ def make_loss_fn(cfg: TrainConfig, unet_graph: nnx.GraphDef, text_graph: nnx.Gra
         ctx = LayerContext(
             layer_valid=layer_valid, roles=roles, boxes=batch["boxes"],
             text=encode_text(text_params, batch["token_ids"]).astype(compute_dtype),
-            caca=cfg.caca, lssa=cfg.lssa, box_margin=box_margin)
+            caca=cfg.caca, lssa=cfg.lssa, box_margin=box_margin,
+            attention_backend=attention_backend)
         model = nnx.merge(unet_graph, _cast(params, compute_dtype))
         pred = model(x_t.astype(compute_dtype), jnp.broadcast_to(t[:, None], (b, num_layers)), ctx)
         weights = role_weights(roles, cfg.role_loss_weights)
