@@ -29,7 +29,7 @@ from dreamlayer_jax.errors import ConfigError, DataError, DreamLayerError, Numer
 from dreamlayer_jax.io import resolve_model_folder
 from dreamlayer_jax.models.tokenizer import tokenize
 from dreamlayer_jax.parallel.mesh import make_mesh
-from dreamlayer_jax.pipeline.components import save_dreamlayer_unet
+from dreamlayer_jax.pipeline.components import DREAMLAYER, save_dreamlayer_unet
 from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
 from dreamlayer_jax.training.checkpoint import Checkpointer, abstract_like
 from dreamlayer_jax.training.config import TrainConfig
@@ -43,6 +43,7 @@ from dreamlayer_jax.training.step import (
     place_batch,
     state_shardings,
 )
+from dreamlayer_jax.training.transparency import make_transparency_loss_fn, transparency_codec
 
 COPIED_PARTS = ("text_encoder", "tokenizer", "scheduler", "vae", "transparency_decoder",
                 "model_index.json")
@@ -78,8 +79,6 @@ class Trainer:
                  mesh: Mesh | None = None,
                  on_checkpoint: Callable[[int], None] | None = None,
                  progress_stream: Any = None) -> None:
-        if cfg.mode != "diffusion":
-            raise ConfigError(f"mode={cfg.mode!r} is not implemented by this trainer yet")
         if not cfg.model:
             raise ConfigError("train config: model (the base model folder) is required")
         self.cfg, self.workdir = cfg, Path(workdir)
@@ -98,13 +97,21 @@ class Trainer:
                               f"axis ({self.mesh.shape['layer']})")
         self.source = load_train_source(cfg, self.max_layers)
 
-        self.unet_graph, params = nnx.split(self.pipe.unet)
+        # the trained module: the DreamLayerUNet, or the codec's transparency decoder
+        if cfg.mode == "transparency":
+            codec = transparency_codec(self.pipe.codec, cfg.model)
+            self.model_graph, params = nnx.split(codec.transparency)
+            loss_fn = make_transparency_loss_fn(self.model_graph, codec)
+        else:
+            self.model_graph, params = nnx.split(self.pipe.unet)
         self.text_graph, text_params = nnx.split(self.pipe.text_encoder)
         params, text_params = nnx.to_pure_dict(params), nnx.to_pure_dict(text_params)
         self.tx = make_optimizer(cfg, params)
-        backend = resolve_backend(cfg.attention_backend or self.pipe.config.attention_backend)
-        loss_fn = make_loss_fn(cfg, self.unet_graph, self.text_graph, self.pipe.codec,
-                               self.pipe.scheduler, self.pipe.config.box_margin, backend)
+        if cfg.mode == "diffusion":
+            backend = resolve_backend(cfg.attention_backend
+                                      or self.pipe.config.attention_backend)
+            loss_fn = make_loss_fn(cfg, self.model_graph, self.text_graph, self.pipe.codec,
+                                   self.pipe.scheduler, self.pipe.config.box_margin, backend)
         self._init_state = init_train_state(params, self.tx, cfg.seed)
         self.text_params = jax.device_put(text_params)
         self.train_step = make_train_step(cfg, self.tx, loss_fn, params)
@@ -189,7 +196,8 @@ class Trainer:
                     tick = now
                     logger.scalars(step + 1, metrics)
                     bar.set_postfix(loss=f"{float(metrics['loss']):.4f}")
-                if cfg.sample_every and (step + 1) % cfg.sample_every == 0:
+                if (cfg.sample_every and cfg.mode == "diffusion"
+                        and (step + 1) % cfg.sample_every == 0):
                     self.write_samples(logger, step + 1, state)
                 if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.num_steps:
                     if int(metrics["nonfinite"]) == 0:  # never save a skipped step's state
@@ -208,19 +216,27 @@ class Trainer:
         return self.history
 
     # -- outputs ---------------------------------------------------------------------
-    def ema_unet(self, state: TrainState):
-        """The DreamLayerUNet with the EMA weights (gathered to every process)."""
+    def ema_model(self, state: TrainState):
+        """The trained module (DreamLayerUNet, or TransparencyDecoder in mode
+        "transparency") with the EMA weights, gathered to every process."""
         ema = multihost_utils.process_allgather(state.ema, tiled=True)
-        return nnx.merge(self.unet_graph, jax.tree.map(np.asarray, ema))
+        return nnx.merge(self.model_graph, jax.tree.map(np.asarray, ema))
 
     def export(self, folder: str | os.PathLike, state: TrainState) -> Path:
-        """The EMA weights as a model folder `DreamLayerPipeline.from_pretrained` loads."""
+        """The EMA weights as a model folder `DreamLayerPipeline.from_pretrained` loads:
+        the trained module written, every other part copied from the base model."""
         folder = Path(folder)
-        unet = self.ema_unet(state)
+        model = self.ema_model(state)
         if jax.process_index() != 0:
             return folder
-        save_dreamlayer_unet(unet, folder)
-        for part in COPIED_PARTS:
+        copied = COPIED_PARTS
+        if self.cfg.mode == "transparency":
+            model.save_pretrained(folder / "transparency_decoder")
+            copied = (*(p for p in COPIED_PARTS if p != "transparency_decoder"),
+                      "unet", DREAMLAYER)
+        else:
+            save_dreamlayer_unet(model, folder)
+        for part in copied:
             src = self.base_folder / part
             if src.is_dir():
                 shutil.copytree(src, folder / part, dirs_exist_ok=True)
@@ -241,7 +257,7 @@ class Trainer:
 
     def write_samples(self, logger: MetricsLogger, step: int, state: TrainState) -> None:
         """Sample the fixed eval scenes with the EMA weights; a PNG grid + TensorBoard."""
-        pipe = DreamLayerPipeline(self.ema_unet(state), self.pipe.text_encoder,
+        pipe = DreamLayerPipeline(self.ema_model(state), self.pipe.text_encoder,
                                   self.pipe.tokenizer, self.pipe.codec, self.pipe.scheduler)
         count = min(self.cfg.eval_scenes, len(self.source))
         scenes = eval_scenes(self.source, self.max_layers, count)
