@@ -1,0 +1,166 @@
+"""Compile time and steady-state time of the whole DreamLayer sampler, and proof that a
+second call with the same shapes and step count does not recompile.
+
+Each measured call is `DreamLayerPipeline.__call__` on one scene of 2 foregrounds (4
+layers: background, 2 foregrounds, global) with classifier-free guidance (scale 5) and
+IRH on, i.e. text encoding, the jitted `lax.scan` sampler, decoding and the copy to the
+host. The first call (tracing + XLA compilation + run) is timed apart from `--repeats`
+further calls with the same shapes and step count (median). XLA compilations are counted
+with a `jax.monitoring` listener on the '/jax/core/compile/backend_compile_duration'
+event (recorded once per XLA compilation, `jax/_src/interpreters/pxla.py`); "compiles
+later" should be 0. A second step count (`--other-steps`) is then sampled the same way:
+the step count sets the scan's length, so it compiles the sampler once more.
+
+    python benchmarks/sampler.py                          # the built-in model (32x32)
+    python benchmarks/sampler.py --steps 10 --repeats 3 --other-steps 15
+    python benchmarks/sampler.py --sd15                   # + an SD1.5-sized random model
+
+Models: `builtin` is `DreamLayerPipeline.from_pretrained()` (32x32 RGBA pixels, pixel
+codec unshuffled by 2 into 16x16x16 latents). `sd15` is a random model folder written by
+`create_model_folder` (to a temporary directory, ~3.5 GB): SD1.5's UNet exactly
+([320, 640, 1280, 1280], 2 layers per block, 8 heads, 768-d cross-attention, 4 latent
+channels) run on 32x32x4 latents, i.e. the latent size of a 256x256 SD1.5 picture. It
+uses the pixel codec without unshuffling (resolution 32: 32x32 RGBA pixels are the
+32x32x4 latents), because `create_model_folder` writes no VAE; a latent codec would add
+only the VAE decode at the end. Its text encoder is a random 2-layer, 768-d CLIP over a
+word vocabulary (not SD's 12-layer CLIP): it runs once per call and costs little.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import jax  # noqa: E402
+import jax.monitoring  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import format_table  # noqa: E402
+
+from dreamlayer_jax.data.synthetic_vocab import VOCABULARY  # noqa: E402
+from dreamlayer_jax.pipeline.create import create_model_folder  # noqa: E402
+from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline  # noqa: E402
+from dreamlayer_jax.pipeline.scene import Layer, Scene  # noqa: E402
+
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+SCENE = Scene(prompt="a small red star and a large green ring in front of a striped blue "
+                     "wall at sunset",
+              background="a striped blue wall at sunset",
+              layers=(Layer("a small red star", box=(0.1, 0.45, 0.5, 0.9)),
+                      Layer("a large green ring", box=(0.45, 0.15, 0.95, 0.7))))
+SD15_UNET = {
+    "sample_size": 32, "in_channels": 4, "out_channels": 4,
+    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+    "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2,
+    "attention_head_dim": 8, "norm_num_groups": 32, "cross_attention_dim": 768,
+}
+SD15_TEXT = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 2,
+             "num_attention_heads": 12, "max_position_embeddings": 32,
+             "hidden_act": "quick_gelu"}
+SCHEDULER = {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000,
+             "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+             "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}
+
+
+class CompileCounter:
+    """Records XLA compilations (backend compile events: function name, seconds) since
+    the last `take()`."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, float]] = []
+        jax.monitoring.register_event_duration_secs_listener(self._on_event)
+
+    def _on_event(self, event: str, duration_secs: float, **kwargs: Any) -> None:
+        if event == COMPILE_EVENT:
+            self.events.append((str(kwargs.get("fun_name", "?")), duration_secs))
+
+    def take(self) -> list[tuple[str, float]]:
+        events, self.events = self.events, []
+        return events
+
+
+def describe(events: list[tuple[str, float]]) -> str:
+    if not events:
+        return "0 compiles"
+    names = sorted({name for name, _ in events})
+    shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+    return f"{len(events)} compiles, {sum(s for _, s in events):.1f} s in XLA: {shown}"
+
+
+def write_sd15_model(folder: Path) -> Path:
+    words = sorted({*VOCABULARY, *SCENE.prompt.split(), *SCENE.background.split()})
+    return create_model_folder(
+        folder, unet=SD15_UNET, text_encoder=SD15_TEXT, words=words,
+        dreamlayer={"max_layers": 4, "codec": "pixel", "pixel_unshuffle": 1,
+                    "resolution": 32},
+        scheduler=SCHEDULER)
+
+
+def measure(pipe: DreamLayerPipeline, name: str, steps: int, repeats: int,
+            counter: CompileCounter) -> list[Any]:
+    """One table row: first call, then `repeats` calls with the same shapes and steps."""
+
+    def call() -> float:
+        start = time.perf_counter()
+        result = pipe(SCENE, num_inference_steps=steps, guidance_scale=5.0, seed=0, irh=True)
+        assert result.composite.size  # already on the host: the call has finished
+        return time.perf_counter() - start
+
+    counter.take()
+    first = call()
+    compiles_first = counter.take()
+    steady = statistics.median(call() for _ in range(max(1, repeats)))
+    compiles_later = counter.take()
+    print(f"{name}, {steps} steps: first call {first:.2f} s ({describe(compiles_first)}); "
+          f"steady {steady:.3f} s ({describe(compiles_later)})", flush=True)
+    layers = len(SCENE.layers) + 2
+    row = [name, steps, layers, f"{first:.2f}", f"{steady:.3f}", f"{steady / steps:.4f}",
+           len(compiles_first), len(compiles_later)]
+    return row
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--other-steps", type=int, default=15,
+                        help="a second step count: compiles the sampler once more")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sd15", action="store_true", help="add an SD1.5-sized model")
+    args = parser.parse_args(argv)
+
+    counter = CompileCounter()
+    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}", flush=True)
+    headers = ["model", "steps", "layers", "first call s", "steady s (median)", "s/step",
+               "compiles first", "compiles later"]
+    rows = []
+    step_counts = [args.steps] + ([args.other_steps] if args.other_steps != args.steps else [])
+    pipe = DreamLayerPipeline.from_pretrained()
+    for steps in step_counts:
+        rows.append(measure(pipe, "builtin 32x32", steps, args.repeats, counter))
+    del pipe
+    if args.sd15:
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            pipe = DreamLayerPipeline.from_pretrained(write_sd15_model(Path(tmp) / "sd15"))
+            print(f"sd15: random model written and loaded in "
+                  f"{time.perf_counter() - start:.0f} s", flush=True)
+        for steps in step_counts:
+            rows.append(measure(pipe, "sd15 UNet, 32x32x4 latents", steps, args.repeats,
+                                counter))
+    print()
+    print(format_table(headers, rows))
+    print(f"\nsteady = median of {args.repeats} calls after the first; s/step = steady / "
+          "steps (includes text encoding and decoding, amortised).")
+
+
+if __name__ == "__main__":
+    main()
