@@ -44,6 +44,8 @@ def maybe_initialize_distributed(args: argparse.Namespace) -> None:
 
     if args.num_processes is None or args.process_id is None:
         raise ConfigError("--coordinator needs --num-processes and --process-id")
+    # CPU processes exchange gradients through gloo (GPUs and TPUs use their own fabric)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=args.coordinator,
                                num_processes=args.num_processes, process_id=args.process_id)
 
