@@ -46,6 +46,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0, help="held-out scene / sampling stream")
     parser.add_argument("--samples", type=int, default=3, help="sample pictures to save")
+    parser.add_argument("--count-scenes", type=int, default=None,
+                        help="scenes per foreground-count row (default: --scenes)")
+    parser.add_argument("--decomposition-scenes", type=int, default=None,
+                        help="scenes decomposed (default: --scenes)")
     parser.add_argument("--no-decomposition", action="store_true",
                         help="skip the decomposition measures (halves the run time)")
     parser.add_argument("--out", default="docs/RESULTS.md")
@@ -160,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                     guidance=args.guidance, batch_size=args.batch_size, classifier=classifier,
                     decomposition=not args.no_decomposition,
                     foreground_counts=[k for k in (1, 2, 3) if k <= pipe.max_foregrounds],
+                    count_scenes=args.count_scenes,
+                    decomposition_scenes=args.decomposition_scenes,
                     log=lambda line: print(f"  {line}", flush=True))
     table = format_table(rows)
     print(table)

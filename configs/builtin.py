@@ -8,8 +8,16 @@ Reproduce the weights shipped in `dreamlayer_jax/builtin/` with `make builtin`, 
     # then runs/builtin/export is copied to dreamlayer_jax/builtin/
 
 32x32 RGBA pixels (PixelCodec, pixel-unshuffled to 16x16x16 latents), up to 3
-foregrounds, its own word tokenizer and a
-2-layer text encoder over the synthetic vocabulary.
+foregrounds, its own word tokenizer and a 2-layer text encoder over the synthetic
+vocabulary (random and frozen: training fits the UNet to its features).
+
+Objective: v-prediction with a uniform weight over timesteps. The first preview used
+epsilon-prediction with min-SNR-5 weighting; short of training, its x0 estimates at high
+noise (epsilon errors amplified by sqrt((1 - a) / a), 14x at t = 999) sampled to pure
+noise, while v-prediction's stay bounded. Sampling: Euler ancestral (trailing spacing),
+whose injected noise corrects part of the small model's errors (DDIM, deterministic,
+keeps more high-frequency residue; `--scheduler ddim` still works, and decomposition
+always inverts with DDIM).
 """
 
 RESOLUTION = 32
@@ -33,10 +41,10 @@ ARCHITECTURE = {
     "dreamlayer": {"max_layers": 5, "codec": "pixel", "pixel_unshuffle": 2,
                    "resolution": RESOLUTION,
                    "box_margin": 0.05, "irh_start": 0.3, "irh_retain": 0.5},
-    "scheduler": {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000,
+    "scheduler": {"_class_name": "EulerAncestralDiscreteScheduler", "num_train_timesteps": 1000,
                   "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
                   "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
-                  "prediction_type": "epsilon", "timestep_spacing": "trailing"},
+                  "prediction_type": "v_prediction", "timestep_spacing": "trailing"},
 }
 
 
@@ -46,17 +54,17 @@ def get_config() -> dict:
         "synthetic_scenes": 4096,
         "synthetic_resolution": RESOLUTION,
         "batch_size": 8,
-        "num_steps": 3000,
+        "num_steps": 1500,
         "learning_rate": 1e-3,
         "warmup_steps": 100,
         "end_lr_ratio": 0.05,
         "ema_decay": 0.995,
-        "min_snr_gamma": 5.0,
+        "min_snr_gamma": 0.0,
         "prompt_dropout": 0.1,
         "checkpoint_every": 250,
         "keep_checkpoints": 2,
         "log_every": 25,
-        "sample_every": 500,
+        "sample_every": 0,
         "sample_steps": 20,
         "mesh": (-1, 1, 1),
     }

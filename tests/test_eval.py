@@ -10,6 +10,7 @@ from dreamlayer_jax.data.compositing import alpha_composite
 from dreamlayer_jax.eval.classifier import train_classifier
 from dreamlayer_jax.eval.evaluate import (
     ABLATION_SETTINGS,
+    DECOMPOSITION_ROW,
     MEASURES,
     REFERENCE_ROW,
     ablation,
@@ -169,13 +170,17 @@ def test_evaluate_runs_end_to_end_on_the_tiny_model(tiny_pipe, classifier8):
 
 def test_ablation_table_has_every_setting_and_foreground_count(tiny_pipe, classifier8):
     rows = ablation(tiny_pipe, 2, steps=2, guidance=2.0, batch_size=2, classifier=classifier8,
-                    decomposition=False, max_foregrounds=1, foreground_counts=(1,))
+                    decomposition=True, decomposition_scenes=2, max_foregrounds=1,
+                    foreground_counts=(1,))
     assert [r.name for r in rows] == [REFERENCE_ROW, *(name for name, _ in ABLATION_SETTINGS),
-                                      "all, 1 foreground"]
-    no_decomposition = [m for m in MEASURES if m not in ("background_psnr", "alpha_iou")]
-    for row in rows:
+                                      "all, 1 foreground", DECOMPOSITION_ROW]
+    decomposition = ["background_psnr", "alpha_iou"]
+    no_decomposition = [m for m in MEASURES if m not in decomposition]
+    for row in rows[:-1]:
         assert row.scenes == 2
         _check_measures(row.measures, no_decomposition)
+    assert rows[-1].scenes == 2
+    _check_measures(rows[-1].measures, decomposition)
     table = format_table(rows).splitlines()
     assert len(table) == 2 + len(rows)
     assert "coherence PSNR (dB)" in table[0] and "+LSSA" in table[5]

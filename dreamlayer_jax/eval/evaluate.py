@@ -47,9 +47,9 @@ from dreamlayer_jax.eval.scenes import held_out_scenes
 from dreamlayer_jax.pipeline.result import LayeredResult
 from dreamlayer_jax.pipeline.scene import Scene
 
-__all__ = ["ABLATION_SETTINGS", "MEASURES", "REFERENCE_ROW", "AblationRow", "ablation",
-           "evaluate", "format_table", "generate", "held_out_scenes", "reference_measures",
-           "score"]
+__all__ = ["ABLATION_SETTINGS", "DECOMPOSITION_ROW", "MEASURES", "REFERENCE_ROW", "AblationRow",
+           "ablation", "evaluate", "format_table", "generate", "held_out_scenes",
+           "reference_measures", "score"]
 
 Pair = tuple[Scene, LayeredScene]
 Log = Callable[[str], None]
@@ -65,6 +65,7 @@ MEASURES: dict[str, tuple[str, int]] = {
     "alpha_iou": ("decomp. alpha IoU", 3),
 }
 DECOMPOSITION_MEASURES = ("background_psnr", "alpha_iou")
+DECOMPOSITION_ROW = "decomposition (CACA + LSSA)"
 
 ABLATION_SETTINGS: tuple[tuple[str, dict[str, bool]], ...] = (
     ("independent layers", {"caca": False, "lssa": False, "irh": False}),
@@ -193,24 +194,27 @@ def ablation(pipe: Any, n: int, *, seed: int = 0, steps: int = 20, guidance: flo
              batch_size: int = 8, classifier: LayerClassifier | None = None,
              decomposition: bool = True, max_foregrounds: int = 3,
              foreground_counts: Sequence[int] = (1, 2, 3), reference: bool = True,
+             count_scenes: int | None = None, decomposition_scenes: int | None = None,
              log: Log | None = None) -> list[AblationRow]:
     """The ablation table: each of `ABLATION_SETTINGS` on the same `n` held-out scenes
     (1 to `max_foregrounds` foregrounds, at most the model's limit), then all mechanisms
     on `n` scenes with exactly `k` foregrounds for each `k` in `foreground_counts`. With
     `reference`, a first row scores the ground truth of the mixed scenes itself. With
-    `decomposition`, the decomposition measures are taken in the all-mechanisms row of
-    the mixed scenes (decomposition does not use IRH)."""
+    `decomposition`, a last row decomposes the true composites of the first
+    `decomposition_scenes` (default `n`) mixed scenes with CACA and LSSA on (IRH plays
+    no part in it). `count_scenes` (default `n`) sizes the foreground-count rows."""
     resolution = pipe.config.resolution
     max_fg = min(int(max_foregrounds), pipe.max_foregrounds)
     classifier = classifier or train_classifier(resolution)
     common = {"steps": steps, "guidance": guidance, "batch_size": batch_size, "seed": seed,
-              "classifier": classifier, "decomposition": decomposition}
+              "classifier": classifier, "decomposition": False}
     plans: list[tuple[str, dict[str, bool], list[Pair], int]] = []
     mixed = held_out_scenes(n, seed, resolution, max_foregrounds=max_fg)
     for name, switches in ABLATION_SETTINGS:
         plans.append((name, switches, mixed, 0))
     for k in foreground_counts:
-        pairs = held_out_scenes(n, seed, resolution, max_foregrounds=max_fg, num_foregrounds=k)
+        pairs = held_out_scenes(count_scenes or n, seed, resolution, max_foregrounds=max_fg,
+                                num_foregrounds=k)
         plans.append((f"all, {k} foreground{'s' if k > 1 else ''}", ABLATION_SETTINGS[-1][1],
                       pairs, k))
     rows = []
@@ -220,10 +224,17 @@ def ablation(pipe: Any, n: int, *, seed: int = 0, steps: int = 20, guidance: flo
     for name, switches, pairs, k in plans:
         if log:
             log(f"{name}: {len(pairs)} scenes")
-        # decomposition (no IRH in it) is measured once: all mechanisms, the mixed scenes
-        decompose = decomposition and k == 0 and switches == ABLATION_SETTINGS[-1][1]
-        measures = evaluate(pipe, pairs, **switches, **{**common, "decomposition": decompose})
+        measures = evaluate(pipe, pairs, **switches, **common)
         rows.append(AblationRow(name, len(pairs), k, measures, dict(switches)))
+    if decomposition:
+        pairs = mixed[: decomposition_scenes or n]
+        if log:
+            log(f"decomposition: {len(pairs)} scenes")
+        recovered = decompose_all(pipe, pairs, steps=steps, guidance=guidance, seed=seed)
+        values = score(pairs, [truth_as_result(p) for p in pairs], classifier, recovered)
+        measures = {m: mean_ci95(values[m]) for m in DECOMPOSITION_MEASURES}
+        rows.append(AblationRow(DECOMPOSITION_ROW, len(pairs), 0, measures,
+                                {"caca": True, "lssa": True}))
     return rows
 
 
