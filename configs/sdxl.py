@@ -1,8 +1,8 @@
 """Fine-tune SDXL into DreamLayer at 1024 px: full weights, fsdp-sharded, bf16 compute.
 
-Note: SDXL's second text encoder and its added time/text conditioning are not wired into
-the trainer's step yet (see the training report); this config documents the intended
-scale settings.
+Not runnable yet: SDXL's second text encoder and its added time/text conditioning are not
+wired into the trainer's step, and `train.py` refuses an SDXL model with a one-line
+ConfigError saying so. This config records the intended scale settings.
 """
 
 

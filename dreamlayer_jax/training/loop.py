@@ -86,6 +86,11 @@ class Trainer:
         self.progress_stream = progress_stream  # the progress bar's stream (default stderr)
         self.base_folder = resolve_model_folder(cfg.model)
         self.pipe = DreamLayerPipeline.from_pretrained(self.base_folder)
+        if self.pipe.unet.unet.config.addition_embed_type:
+            raise ConfigError(f"{cfg.model}: SDXL-style added conditioning "
+                              f"({self.pipe.unet.unet.config.addition_embed_type!r}: a second "
+                              "text encoder, pooled text and time ids) is not wired into the "
+                              "trainer yet; fine-tune an SD 1.x / 2.x model")
         self.max_layers = cfg.max_layers or self.pipe.config.max_layers
         self.mesh = mesh if mesh is not None else make_mesh(*cfg.mesh)
         shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
