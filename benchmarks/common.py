@@ -12,6 +12,22 @@ from typing import Any
 
 import jax
 
+SD15_TEXT = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 2,
+             "num_attention_heads": 12, "max_position_embeddings": 32,
+             "hidden_act": "quick_gelu"}
+"""A 2-layer, 768-wide CLIP text encoder: SD1.5's width, cheap to build at random."""
+
+
+def sd15_unet(sample_size: int) -> dict[str, Any]:
+    """SD1.5's UNet architecture (diffusers config keys), for random-weight benchmarks."""
+    return {
+        "sample_size": sample_size, "in_channels": 4, "out_channels": 4,
+        "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+        "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+        "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2,
+        "attention_head_dim": 8, "norm_num_groups": 32, "cross_attention_dim": 768,
+    }
+
 
 @dataclass(frozen=True)
 class Timing:

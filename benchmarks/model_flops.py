@@ -56,7 +56,7 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import format_table, time_fn  # noqa: E402
+from common import SD15_TEXT, format_table, sd15_unet, time_fn  # noqa: E402
 
 from dreamlayer_jax.data.synthetic_vocab import VOCABULARY  # noqa: E402
 from dreamlayer_jax.parallel.mesh import make_mesh  # noqa: E402
@@ -68,16 +68,7 @@ from dreamlayer_jax.training.config import TrainConfig  # noqa: E402
 from dreamlayer_jax.training.loop import Trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-SD15_UNET = {
-    "sample_size": 32, "in_channels": 4, "out_channels": 4,
-    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-    "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2,
-    "attention_head_dim": 8, "norm_num_groups": 32, "cross_attention_dim": 768,
-}
-SD15_TEXT = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 2,
-             "num_attention_heads": 12, "max_position_embeddings": 32,
-             "hidden_act": "quick_gelu"}
+SD15_UNET = sd15_unet(32)
 FOREGROUNDS = ["a small red star", "a large green ring", "a small blue square",
                "a large yellow circle", "a small purple triangle", "a large orange star"]
 

@@ -43,7 +43,7 @@ import jax  # noqa: E402
 import jax.monitoring  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import format_table  # noqa: E402
+from common import SD15_TEXT, format_table, sd15_unet  # noqa: E402
 
 from dreamlayer_jax.data.synthetic_vocab import VOCABULARY  # noqa: E402
 from dreamlayer_jax.pipeline.create import create_model_folder  # noqa: E402
@@ -56,16 +56,7 @@ SCENE = Scene(prompt="a small red star and a large green ring in front of a stri
               background="a striped blue wall at sunset",
               layers=(Layer("a small red star", box=(0.1, 0.45, 0.5, 0.9)),
                       Layer("a large green ring", box=(0.45, 0.15, 0.95, 0.7))))
-SD15_UNET = {
-    "sample_size": 32, "in_channels": 4, "out_channels": 4,
-    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-    "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2,
-    "attention_head_dim": 8, "norm_num_groups": 32, "cross_attention_dim": 768,
-}
-SD15_TEXT = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 2,
-             "num_attention_heads": 12, "max_position_embeddings": 32,
-             "hidden_act": "quick_gelu"}
+SD15_UNET = sd15_unet(32)
 SCHEDULER = {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000,
              "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
              "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}

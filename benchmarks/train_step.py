@@ -18,17 +18,10 @@ from pathlib import Path
 import jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SD15_TEXT, sd15_unet  # noqa: E402
 
-SD15_UNET = {
-    "sample_size": 64, "in_channels": 4, "out_channels": 4,
-    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-    "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2,
-    "attention_head_dim": 8, "norm_num_groups": 32, "cross_attention_dim": 768,
-}
-SD15_TEXT = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 2,
-             "num_attention_heads": 12, "max_position_embeddings": 32,
-             "hidden_act": "quick_gelu"}
+SD15_UNET = sd15_unet(64)
 
 
 def main() -> None:

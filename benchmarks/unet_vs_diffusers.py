@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import format_table  # noqa: E402
+from common import format_table, sd15_unet  # noqa: E402
 
 from dreamlayer_jax.models.unet import UNet2DConditionModel  # noqa: E402
 from dreamlayer_jax.models.vae import AutoencoderKL  # noqa: E402
@@ -57,11 +57,7 @@ UNETS: dict[str, dict[str, Any]] = {
               "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
               "block_out_channels": [32, 64], "layers_per_block": 1,
               "attention_head_dim": 8, "norm_num_groups": 16, "cross_attention_dim": 32},
-    "sd15": {"sample_size": 64, "in_channels": 4, "out_channels": 4,
-             "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-             "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-             "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2,
-             "attention_head_dim": 8, "norm_num_groups": 32, "cross_attention_dim": 768},
+    "sd15": sd15_unet(64),
 }
 VAES: dict[str, dict[str, Any]] = {
     "small": {"in_channels": 3, "out_channels": 3, "latent_channels": 4,
