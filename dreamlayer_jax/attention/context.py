@@ -54,15 +54,11 @@ class LayerContext:
         """`int32[B, L]`: the rank at which each slot is painted (slot order; padded last)."""
         return jnp.broadcast_to(jnp.arange(self.num_layers), self.layer_valid.shape)
 
-    @property
-    def uses_layer_attention(self) -> bool:
-        return self.caca or self.lssa
-
     def replace_switches(self, **switches) -> LayerContext:
         """A copy with other switch values (caca, lssa, lssa_scope, box_margin)."""
         return self.replace(**switches)
 
-    def attention_fns(self, h: int, w: int) -> tuple[AttendFn | None, AttendFn | None]:
+    def attention_fns(self, h: int, w: int) -> tuple[AttendFn, AttendFn]:
         """The (self, cross) attention functions for a block at spatial size `h x w`.
 
         A mechanism switched off is plain per-layer attention on the same backend.
