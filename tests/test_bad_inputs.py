@@ -505,8 +505,8 @@ def test_nan_in_sampled_latents_is_refused_before_any_file_is_written(
 
     graph, params = nnx.split(tiny_pipe.unet)
     poisoned = nnx.merge(graph, jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), params))
-    pipe = DreamLayerPipeline(poisoned, tiny_pipe.text_encoder, tiny_pipe.tokenizer,
-                              tiny_pipe.codec, tiny_pipe.scheduler)
+    pipe = DreamLayerPipeline(poisoned, tiny_pipe.conditioner, tiny_pipe.codec,
+                              tiny_pipe.scheduler)
     monkeypatch.setattr(DreamLayerPipeline, "from_pretrained",
                         classmethod(lambda cls, *args, **kwargs: pipe))
     out = tmp_path / "out"

@@ -50,20 +50,3 @@ def test_lora_only_bf16_accumulated_steps_train_only_dreamlayer_params(tmp_path)
     # accumulation: the first micro-step only accumulates, the weights wait for the second
     for key, value in params_after_one.items():
         np.testing.assert_array_equal(value, before[key], err_msg=str(key))
-
-
-def test_an_sdxl_style_base_model_is_refused_with_one_clear_error(tmp_path):
-    import pytest
-
-    from dreamlayer_jax.errors import ConfigError
-    from dreamlayer_jax.training.loop import Trainer
-
-    model = create_model_folder(
-        tmp_path / "sdxl", text_encoder=TINY_TEXT, words=WORDS,
-        unet={**SMALL_UNET, "addition_embed_type": "text_time", "addition_time_embed_dim": 4,
-              "projection_class_embeddings_input_dim": 16 + 6 * 4},
-        dreamlayer={"max_layers": 4, "codec": "pixel", "pixel_unshuffle": 2,
-                    "resolution": 16},
-        scheduler=TINY_SCHEDULER)
-    with pytest.raises(ConfigError, match="SDXL-style added conditioning"):
-        Trainer(TrainConfig(**small_train_fields(model)), tmp_path / "run")

@@ -30,6 +30,8 @@ class LayerContext:
       boxes: `float32[B, L, 4]`, `(x0, y0, x1, y1)` in [0, 1]; whole canvas for the
         background and the global layer.
       text: `[B, L, T, D]` each layer's prompt embedding (slot `L-1`: the global prompt).
+      added: SDXL's added conditioning of each layer, `text_embeds [B, L, P]` (pooled
+        prompt) and `time_ids [B, L, 6]`; None for SD 1.x / 2.x.
       caca, lssa, lssa_scope, box_margin: static switches (DESIGN.md section 2).
       attention_backend: the concrete kernel of every attention call ("xla", "cudnn" or
         "splash"; `attention.backends.resolve_backend` turns "auto" into one).
@@ -39,6 +41,7 @@ class LayerContext:
     roles: jax.Array
     boxes: jax.Array
     text: jax.Array
+    added: dict[str, jax.Array] | None = None
     caca: bool = struct.field(pytree_node=False, default=True)
     lssa: bool = struct.field(pytree_node=False, default=True)
     lssa_scope: Literal["global", "all"] = struct.field(pytree_node=False, default="global")

@@ -1,7 +1,8 @@
 """`python -m dreamlayer_jax.cli.init_model CONFIG OUT`: a random model folder to train.
 
 CONFIG is a configs/*.py file with an `ARCHITECTURE` dict (unet, text_encoder, dreamlayer,
-scheduler); the tokenizer keeps every word of the synthetic scenes' prompts whole.
+scheduler, and for an SDXL-style model text_encoder_2); the tokenizer keeps every word of
+the synthetic scenes' prompts whole.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def _main(argv: list[str] | None) -> int:
 
     create_model_folder(args.out, unet=arch["unet"], text_encoder=arch["text_encoder"],
                         words=synthetic_words(), dreamlayer=arch["dreamlayer"],
-                        scheduler=arch["scheduler"], seed=args.seed)
+                        scheduler=arch["scheduler"],
+                        text_encoder_2=arch.get("text_encoder_2"), seed=args.seed)
     print(f"wrote a random model to {args.out}")
     return 0
 

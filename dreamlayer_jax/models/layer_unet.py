@@ -79,15 +79,14 @@ class DreamLayerUNet(nnx.Module):
         latents: jax.Array,
         timesteps: jax.Array,
         ctx: LayerContext,
-        added_cond_kwargs: dict[str, jax.Array] | None = None,
     ) -> jax.Array:
         """Denoise all layers of a batch of scenes at once.
 
         Args:
           latents: `[B, L, h, w, c]`; `B` sharded over ("data", "fsdp"), `L` over "layer".
           timesteps: scalar, `[B]` or `[B, L]` (layers may sit at different noise levels).
-          ctx: the scenes' `LayerContext` (its `text` is `[B, L, T, D]`).
-          added_cond_kwargs: SDXL's `text_embeds[B, L, P]` and `time_ids[B, L, 6]`.
+          ctx: the scenes' `LayerContext`: `text [B, L, T, D]` and, for SDXL, `added`
+            (`text_embeds [B, L, P]`, `time_ids [B, L, 6]`).
         Returns:
           the UNet's prediction, `[B, L, h, w, c_out]`.
         """
@@ -98,9 +97,8 @@ class DreamLayerUNet(nnx.Module):
         text = ctx.text.reshape(b * num_layers, *ctx.text.shape[2:])
         extra = self.role_embedding(ctx.roles.reshape(b * num_layers))
         added = None
-        if added_cond_kwargs is not None:
-            added = {k: v.reshape(b * num_layers, *v.shape[2:])
-                     for k, v in added_cond_kwargs.items()}
+        if ctx.added is not None:
+            added = {k: v.reshape(b * num_layers, *v.shape[2:]) for k, v in ctx.added.items()}
         out = self.unet(
             latents.reshape(b * num_layers, *latents.shape[2:]),
             t,

@@ -19,9 +19,7 @@ from dreamlayer_jax.attention.context import LayerContext, make_roles
 from dreamlayer_jax.attention.masks import ROLE_FOREGROUND, box_masks_soft
 from dreamlayer_jax.errors import InputError, NumericalError
 from dreamlayer_jax.io import resolve_model_folder
-from dreamlayer_jax.models.clip import CLIPTextModel
 from dreamlayer_jax.models.layer_unet import DreamLayerConfig, DreamLayerUNet
-from dreamlayer_jax.models.tokenizer import load_tokenizer, tokenize
 from dreamlayer_jax.parallel.mesh import layer_sharding, replicated
 from dreamlayer_jax.pipeline.components import load_codec, load_dreamlayer_unet
 from dreamlayer_jax.pipeline.irh import IRHSettings
@@ -29,6 +27,7 @@ from dreamlayer_jax.pipeline.layer_sampler import sample_layers
 from dreamlayer_jax.pipeline.progress import ProgressHook
 from dreamlayer_jax.pipeline.result import LayeredResult
 from dreamlayer_jax.pipeline.scene import FULL_BOX, Scene
+from dreamlayer_jax.pipeline.text_conditioning import TextConditioner
 from dreamlayer_jax.schedulers.base import Scheduler
 from dreamlayer_jax.schedulers.factory import load_scheduler, scheduler_from_config
 
@@ -41,22 +40,21 @@ def builtin_model_path() -> Path:
 
 
 class DreamLayerPipeline:
-    """Generates a background, transparent foregrounds and the global picture together."""
+    """Generates a background, transparent foregrounds and the global picture together.
 
-    def __init__(self, unet: DreamLayerUNet, text_encoder: CLIPTextModel, tokenizer: Any,
-                 codec: Any, scheduler: Scheduler, name: str = ""):
+    The base model is SD 1.x / 2.x (one text encoder) or SDXL (two, plus the pooled text
+    and size conditioning every layer gets); `conditioner` hides the difference.
+    """
+
+    def __init__(self, unet: DreamLayerUNet, conditioner: TextConditioner, codec: Any,
+                 scheduler: Scheduler, name: str = ""):
         self.unet = unet
-        self.text_encoder = text_encoder
-        self.tokenizer = tokenizer
+        self.conditioner = conditioner
         self.codec = codec
         self.scheduler = scheduler
         self.name = name
         self._unet_graph, self._unet_params = nnx.split(unet)
         self._progress = ProgressHook()
-        text_graph, text_params = nnx.split(text_encoder)
-        self._encode = jax.jit(
-            lambda params, ids: nnx.merge(text_graph, params)(ids).last_hidden_state)
-        self._text_params = text_params
         self._decode = jax.jit(lambda z: codec.decode(z))
 
     @property
@@ -80,30 +78,35 @@ class DreamLayerPipeline:
                                  "pass a model folder with --model")
         folder = resolve_model_folder(path)
         unet = load_dreamlayer_unet(folder, dtype)
-        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder",
-                                                     dtype=dtype)
-        tokenizer = load_tokenizer(folder)
+        conditioner = TextConditioner.from_pretrained(folder, dtype=dtype)
         codec = load_codec(folder, unet.config, dtype)
         sched = load_scheduler(folder / "scheduler", scheduler)
-        return cls(unet, text_encoder, tokenizer, codec, sched, name=str(path))
+        return cls(unet, conditioner, codec, sched, name=str(path))
 
     def with_scheduler(self, name: str) -> Scheduler:
         return scheduler_from_config(self.scheduler.config.to_dict(), name)
 
     # -- text -----------------------------------------------------------------------
     def encode_prompts(self, prompts: Sequence[str]) -> jax.Array:
-        """`[N, T, D]` text embeddings; prompts longer than the tokenizer's limit are
-        truncated with a warning."""
-        limit = self.tokenizer.model_max_length
-        for prompt in prompts:
-            if prompt and len(self.tokenizer(prompt)["input_ids"]) > limit:
-                warnings.warn(f"prompt truncated to {limit} tokens: {prompt[:40]!r}...",
-                              stacklevel=3)
-        return self._encode(self._text_params, jnp.asarray(tokenize(self.tokenizer, prompts)))
+        """`[N, T, D]` text embeddings (`condition` also gives SDXL's added ones)."""
+        return self.condition(prompts)[0]
+
+    def condition(self, prompts: Sequence[str], *, zero_empty: bool = False
+                  ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
+        """`(text [N, T, D], added)` for prompts drawn at the model's resolution: `added`
+        is SDXL's `text_embeds [N, P]` and `time_ids [N, 6]`, None for SD 1.x / 2.x.
+        Prompts longer than the tokenizer's limit are truncated with a warning."""
+        for prompt in self.conditioner.truncated(prompts):
+            warnings.warn(f"prompt truncated to {self.conditioner.max_length} tokens: "
+                          f"{prompt[:40]!r}...", stacklevel=3)
+        size = (self.config.resolution, self.config.resolution)
+        return self.conditioner(prompts, size, zero_empty=zero_empty)
 
     def layer_context(self, scenes: Sequence[Scene], *, caca: bool = True, lssa: bool = True,
-                      lssa_scope: str = "global") -> tuple[LayerContext, jax.Array]:
-        """The batch's `LayerContext` (padded to the largest scene) and empty-prompt text."""
+                      lssa_scope: str = "global") -> tuple[LayerContext, LayerContext]:
+        """The batch's `LayerContext` (padded to the largest scene) and the unconditional
+        branch's: the same layers with empty prompts (zeros where SDXL's
+        `force_zeros_for_empty_prompt` says so)."""
         num_layers = max(len(s.layers) for s in scenes) + 2
         valid = np.zeros((len(scenes), num_layers), bool)
         boxes = np.tile(np.array(FULL_BOX, np.float32), (len(scenes), num_layers, 1))
@@ -115,15 +118,17 @@ class DreamLayerPipeline:
                 boxes[b, i] = layer.box
             slots = [scene.background, *(l.prompt for l in scene.layers)]
             prompts += slots + [""] * (num_layers - 1 - len(slots)) + [scene.prompt]
-        text = self.encode_prompts(prompts)
-        text = text.reshape(len(scenes), num_layers, *text.shape[1:])
-        uncond = jnp.broadcast_to(self.encode_prompts([""])[None], text.shape)
+        per_layer = (len(scenes), num_layers)
+        text, added = jax.tree.map(lambda a: a.reshape(*per_layer, *a.shape[1:]),
+                                   self.condition(prompts))
+        empty = jax.tree.map(lambda a: jnp.broadcast_to(a, (*per_layer, *a.shape[1:])),
+                             self.condition([""], zero_empty=True))
         layer_valid = jnp.asarray(valid)
         ctx = LayerContext(layer_valid=layer_valid, roles=make_roles(layer_valid),
-                           boxes=jnp.asarray(boxes), text=text, caca=caca, lssa=lssa,
-                           lssa_scope=lssa_scope, box_margin=self.config.box_margin,
+                           boxes=jnp.asarray(boxes), text=text, added=added, caca=caca,
+                           lssa=lssa, lssa_scope=lssa_scope, box_margin=self.config.box_margin,
                            attention_backend=resolve_backend(self.config.attention_backend))
-        return ctx, uncond
+        return ctx, ctx.replace(text=empty[0], added=empty[1])
 
     def initial_noise(self, seeds: Sequence[int], num_layers: int, shape: tuple[int, ...]
                       ) -> jax.Array:
@@ -173,7 +178,7 @@ class DreamLayerPipeline:
             "irh": irh, "irh_start": settings.start, "irh_retain": settings.retain})
         return results[0] if isinstance(scene, Scene) else results
 
-    def run_sampler(self, sched: Scheduler, plan, ctx: LayerContext, uncond: jax.Array,
+    def run_sampler(self, sched: Scheduler, plan, ctx: LayerContext, uncond: LayerContext,
                     x: jax.Array, guidance_scale: float, seed: int, settings: IRHSettings, *,
                     mode: str = "generate", pinned: jax.Array | None = None,
                     layer_noise: jax.Array | None = None, keep: jax.Array | None = None,
@@ -185,8 +190,8 @@ class DreamLayerPipeline:
         if mesh is not None:
             sharding = layer_sharding(mesh, x.ndim)
             x = jax.device_put(x, sharding)
-            ctx = jax.tree.map(lambda a: jax.device_put(a, layer_sharding(mesh, a.ndim)), ctx)
-            uncond = jax.device_put(uncond, layer_sharding(mesh, uncond.ndim))
+            ctx, uncond = jax.tree.map(
+                lambda a: jax.device_put(a, layer_sharding(mesh, a.ndim)), (ctx, uncond))
             params = jax.device_put(params, replicated(mesh))
         with self._progress.bar(plan.num_steps - start, enabled=progress):
             return sample_layers(

@@ -30,15 +30,18 @@ from dreamlayer_jax.schedulers.base import SamplingPlan, Scheduler
 from dreamlayer_jax.schedulers.loop import sample_loop
 
 
-def guided(unet: DreamLayerUNet, ctx: LayerContext, uncond_text: jax.Array, guidance: jax.Array,
-           sharding: NamedSharding | None = None):
-    """`model_fn(x[B, L, h, w, c], t, i)` with classifier-free guidance batched as `2B`."""
-    both = ctx.replace(
-        layer_valid=jnp.concatenate([ctx.layer_valid] * 2),
-        roles=jnp.concatenate([ctx.roles] * 2),
-        boxes=jnp.concatenate([ctx.boxes] * 2),
-        text=jnp.concatenate([uncond_text.astype(ctx.text.dtype), ctx.text]),
-    )
+def guided(unet: DreamLayerUNet, ctx: LayerContext, uncond: LayerContext | jax.Array,
+           guidance: jax.Array, sharding: NamedSharding | None = None):
+    """`model_fn(x[B, L, h, w, c], t, i)` with classifier-free guidance batched as `2B`.
+
+    `uncond` is the unconditional branch's context (the same layers with empty prompts,
+    `DreamLayerPipeline.layer_context`), or just its text `[B, L, T, D]` where the model
+    has no added conditioning.
+    """
+    if not isinstance(uncond, LayerContext):
+        uncond = ctx.replace(text=uncond)
+    uncond = uncond.replace(text=uncond.text.astype(ctx.text.dtype))
+    both = jax.tree.map(lambda u, c: jnp.concatenate([u, c]), uncond, ctx)
 
     def model_fn(x: jax.Array, t: jax.Array, i: jax.Array) -> jax.Array:
         del i
@@ -60,7 +63,7 @@ def sample_layers(
     sched: Scheduler,
     plan: SamplingPlan,
     ctx: LayerContext,
-    uncond_text: jax.Array,
+    uncond: LayerContext | jax.Array,
     x: jax.Array,
     guidance: jax.Array,
     key: jax.Array,
@@ -79,7 +82,7 @@ def sample_layers(
 
     Args:
       graphdef, params: `nnx.split(DreamLayerUNet)`.
-      ctx: the conditional `LayerContext`; `uncond_text` `[B, L, T, D]` the empty prompts.
+      ctx: the conditional `LayerContext`; `uncond` the unconditional one (see `guided`).
       guidance: classifier-free guidance scale (traced: changing it does not recompile).
       key: PRNG key for stochastic schedulers.
       mode: "generate" | "decompose" | "edit" (see the module docstring).
@@ -92,7 +95,7 @@ def sample_layers(
     """
     unet = nnx.merge(graphdef, params)
     num_steps = plan.num_steps
-    model_fn = guided(unet, ctx, uncond_text, guidance, sharding)
+    model_fn = guided(unet, ctx, uncond, guidance, sharding)
     if mode == "edit":
         held = keep if keep is not None else jnp.arange(x.shape[1]) < x.shape[1] - 1
         held = jnp.broadcast_to(held, x.shape[:2])

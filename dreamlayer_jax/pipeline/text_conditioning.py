@@ -6,7 +6,8 @@
   `text_embeds [N, P]` (encoder 2's projected pooled output) and `time_ids [N, 6]` =
   `(orig_h, orig_w, crop_top, crop_left, target_h, target_w)`.
 
-The encoders run as small jitted pure functions of `(graphdef, params, ids)`.
+The encoders run as one pure function of `(graphdefs, params, ids)` (`encode_tokens`),
+jitted here for sampling and traced into the train step (`training/step.py`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
 import jax
@@ -30,22 +30,25 @@ from dreamlayer_jax.models.tokenizer import load_tokenizer, tokenize
 AddedCond = dict[str, jax.Array]
 
 
-@partial(jax.jit, static_argnames=("graphdef",))
-def encode_last_hidden(graphdef: nnx.GraphDef, params: nnx.State, ids: jax.Array) -> jax.Array:
-    """SD 1.x / 2.x: token ids `int32[N, T]` -> `last_hidden_state [N, T, D]`."""
-    return nnx.merge(graphdef, params)(ids).last_hidden_state
+def encode_tokens(graphdefs: Sequence[nnx.GraphDef], params: Sequence[Any],
+                  ids: Sequence[jax.Array]) -> tuple[jax.Array, jax.Array | None]:
+    """Token ids of each tokenizer `int32[N, T]` -> `(hidden [N, T, D], pooled [N, P] | None)`.
 
-
-@partial(jax.jit, static_argnames=("graphdef_1", "graphdef_2"))
-def encode_sdxl(graphdef_1: nnx.GraphDef, params_1: nnx.State, ids_1: jax.Array,
-                graphdef_2: nnx.GraphDef, params_2: nnx.State, ids_2: jax.Array
-                ) -> tuple[jax.Array, jax.Array]:
-    """SDXL: ids of both tokenizers `int32[N, T]` -> (`[N, T, D1 + D2]` penultimate hidden
-    states concatenated, `[N, P]` encoder 2's pooled projection `text_embeds`)."""
-    out_1 = nnx.merge(graphdef_1, params_1)(ids_1, output_hidden_states=True)
-    out_2 = nnx.merge(graphdef_2, params_2)(ids_2, output_hidden_states=True)
+    A pure function of the encoders' parameters (`nnx.split` states or pure dicts), so
+    the train step can run it inside its own jit. One encoder (SD 1.x / 2.x): its
+    `last_hidden_state` and no pooled output. Two (SDXL): both penultimate hidden states
+    concatenated along features, and encoder 2's projected pooled output `text_embeds`.
+    """
+    models = [nnx.merge(g, p) for g, p in zip(graphdefs, params, strict=True)]
+    if len(models) == 1:
+        return models[0](ids[0]).last_hidden_state, None
+    out_1 = models[0](ids[0], output_hidden_states=True)
+    out_2 = models[1](ids[1], output_hidden_states=True)
     hidden = jnp.concatenate([out_1.hidden_states[-2], out_2.hidden_states[-2]], axis=-1)
     return hidden, out_2.text_embeds
+
+
+_encode_jit = jax.jit(encode_tokens, static_argnums=0)
 
 
 def sdxl_time_ids(n: int, target_size: tuple[int, int],
@@ -102,16 +105,35 @@ class TextConditioner:
                 "force_zeros_for_empty_prompt", False))
         return cls(encoders, tokenizers, force_zeros_for_empty_prompt=force_zeros)
 
+    @property
+    def graphdefs(self) -> tuple[nnx.GraphDef, ...]:
+        return tuple(g for g, _ in self._split)
+
+    @property
+    def params(self) -> list[nnx.State]:
+        """The encoders' parameters, in `encode_tokens` order (frozen everywhere)."""
+        return [p for _, p in self._split]
+
+    @property
+    def max_length(self) -> int:
+        """Tokens per prompt (the shortest tokenizer's limit; SDXL's two agree)."""
+        return min(tok.model_max_length for tok in self.tokenizers)
+
+    def tokenize(self, prompts: Sequence[str]) -> list[np.ndarray]:
+        """`int32[N, T]` token ids of `prompts` for each tokenizer."""
+        return [tokenize(tok, list(prompts)) for tok in self.tokenizers]
+
+    def truncated(self, prompts: Sequence[str]) -> list[str]:
+        """The prompts longer than a tokenizer's limit (they are cut to it)."""
+        return [p for p in prompts if p and any(
+            len(tok(p)["input_ids"]) > tok.model_max_length for tok in self.tokenizers)]
+
     def encode(self, prompts: Sequence[str]) -> tuple[jax.Array, jax.Array | None]:
         """`(hidden [N, T, D], pooled [N, P] or None)` for a list of prompts."""
         if isinstance(prompts, str) or not prompts:
             raise InputError("encode expects a non-empty list of prompt strings")
-        ids = [jnp.asarray(tokenize(tok, list(prompts))) for tok in self.tokenizers]
-        if not self.is_sdxl:
-            graphdef, params = self._split[0]
-            return encode_last_hidden(graphdef, params, ids[0]), None
-        (g1, p1), (g2, p2) = self._split
-        return encode_sdxl(g1, p1, ids[0], g2, p2, ids[1])
+        ids = [jnp.asarray(i) for i in self.tokenize(prompts)]
+        return _encode_jit(self.graphdefs, self.params, ids)
 
     def __call__(self, prompts: Sequence[str], size: tuple[int, int], *,
                  original_size: tuple[int, int] | None = None,
@@ -121,9 +143,16 @@ class TextConditioner:
         hidden, pooled = self.encode(prompts)
         if zero_empty and self.force_zeros_for_empty_prompt:
             keep = jnp.asarray([bool(p) for p in prompts])
-            hidden = jnp.where(keep[:, None, None], hidden, 0)
-            pooled = None if pooled is None else jnp.where(keep[:, None], pooled, 0)
+            hidden, pooled = zero_where_empty(keep, hidden, pooled)
         if pooled is None:
             return hidden, None
         time_ids = sdxl_time_ids(len(prompts), size, original_size, crop_top_left)
         return hidden, {"text_embeds": pooled, "time_ids": time_ids}
+
+
+def zero_where_empty(keep: jax.Array, hidden: jax.Array, pooled: jax.Array | None
+                     ) -> tuple[jax.Array, jax.Array | None]:
+    """SDXL's `force_zeros_for_empty_prompt`: zero `hidden [N, T, D]` and `pooled [N, P]`
+    where `keep [N]` is False (an empty prompt)."""
+    hidden = jnp.where(keep[:, None, None], hidden, 0)
+    return hidden, None if pooled is None else jnp.where(keep[:, None], pooled, 0)

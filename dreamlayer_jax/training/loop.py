@@ -27,7 +27,6 @@ from dreamlayer_jax.data.scene_example import scene_to_example
 from dreamlayer_jax.data.synthetic import SyntheticSceneGenerator
 from dreamlayer_jax.errors import ConfigError, DataError, DreamLayerError, NumericalError
 from dreamlayer_jax.io import resolve_model_folder
-from dreamlayer_jax.models.tokenizer import tokenize
 from dreamlayer_jax.parallel.mesh import make_mesh
 from dreamlayer_jax.pipeline.components import DREAMLAYER, save_dreamlayer_unet
 from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
@@ -45,8 +44,8 @@ from dreamlayer_jax.training.step import (
 )
 from dreamlayer_jax.training.transparency import make_transparency_loss_fn, transparency_codec
 
-COPIED_PARTS = ("text_encoder", "tokenizer", "scheduler", "vae", "transparency_decoder",
-                "model_index.json")
+COPIED_PARTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler",
+                "vae", "transparency_decoder", "model_index.json")
 
 
 def synthetic_source(cfg: TrainConfig, max_layers: int) -> list[dict[str, Any]]:
@@ -86,11 +85,7 @@ class Trainer:
         self.progress_stream = progress_stream  # the progress bar's stream (default stderr)
         self.base_folder = resolve_model_folder(cfg.model)
         self.pipe = DreamLayerPipeline.from_pretrained(self.base_folder)
-        if self.pipe.unet.unet.config.addition_embed_type:
-            raise ConfigError(f"{cfg.model}: SDXL-style added conditioning "
-                              f"({self.pipe.unet.unet.config.addition_embed_type!r}: a second "
-                              "text encoder, pooled text and time ids) is not wired into the "
-                              "trainer yet; fine-tune an SD 1.x / 2.x model")
+        self._check_conditioning()
         self.max_layers = cfg.max_layers or self.pipe.config.max_layers
         self.mesh = mesh if mesh is not None else make_mesh(*cfg.mesh)
         shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
@@ -109,19 +104,34 @@ class Trainer:
             loss_fn = make_transparency_loss_fn(self.model_graph, codec)
         else:
             self.model_graph, params = nnx.split(self.pipe.unet)
-        self.text_graph, text_params = nnx.split(self.pipe.text_encoder)
-        params, text_params = nnx.to_pure_dict(params), nnx.to_pure_dict(text_params)
+        conditioner = self.pipe.conditioner
+        params = nnx.to_pure_dict(params)
+        text_params = [nnx.to_pure_dict(p) for p in conditioner.params]
         self.tx = make_optimizer(cfg, params)
         if cfg.mode == "diffusion":
             backend = resolve_backend(cfg.attention_backend
                                       or self.pipe.config.attention_backend)
-            loss_fn = make_loss_fn(cfg, self.model_graph, self.text_graph, self.pipe.codec,
-                                   self.pipe.scheduler, self.pipe.config.box_margin, backend)
+            empty_ids = None
+            if conditioner.is_sdxl and conditioner.force_zeros_for_empty_prompt:
+                empty_ids = conditioner.tokenize([""])[0][0]
+            loss_fn = make_loss_fn(cfg, self.model_graph, conditioner.graphdefs,
+                                   self.pipe.codec, self.pipe.scheduler,
+                                   self.pipe.config.box_margin, backend, empty_ids)
         self._init_state = init_train_state(params, self.tx, cfg.seed)
         self.text_params = jax.device_put(text_params)
         self.train_step = make_train_step(cfg, self.tx, loss_fn, params)
         self.step_fn = self.jit_step(self.mesh)
         self.history: list[tuple[int, float]] = []
+
+    def _check_conditioning(self) -> None:
+        """The base UNet's added conditioning must be what the text encoders give."""
+        kind = self.pipe.unet.unet.config.addition_embed_type
+        sdxl = self.pipe.conditioner.is_sdxl
+        if kind not in (None, "text_time") or (kind == "text_time") != sdxl:
+            raise ConfigError(
+                f"{self.cfg.model}: the UNet's addition_embed_type={kind!r} does not match "
+                f"its {'two' if sdxl else 'one'} text encoder(s); the trainer supports SD "
+                "1.x / 2.x (one encoder, none) and SDXL (two encoders, 'text_time')")
 
     def jit_step(self, mesh: Mesh, donate: bool = True):
         """The train step jitted for `mesh` (the trainer's own: `self.step_fn`)."""
@@ -138,10 +148,13 @@ class Trainer:
         """A `TrainBatch` as arrays, prompts tokenized to `token_ids[B, L, T]`."""
         b, num_layers = np.shape(batch["layer_valid"])
         flat = [p for scene in batch["prompts"] for p in scene]
-        ids = tokenize(self.pipe.tokenizer, flat).reshape(b, num_layers, -1)
-        return {"pixels": np.asarray(batch["pixels"], np.float32),
-                "layer_valid": np.asarray(batch["layer_valid"], bool),
-                "boxes": np.asarray(batch["boxes"], np.float32), "token_ids": ids}
+        ids = [i.reshape(b, num_layers, -1) for i in self.pipe.conditioner.tokenize(flat)]
+        arrays = {"pixels": np.asarray(batch["pixels"], np.float32),
+                  "layer_valid": np.asarray(batch["layer_valid"], bool),
+                  "boxes": np.asarray(batch["boxes"], np.float32), "token_ids": ids[0]}
+        if len(ids) == 2:
+            arrays["token_ids_2"] = ids[1]
+        return arrays
 
     def device_batch(self, batch: dict[str, Any]) -> dict[str, jax.Array]:
         return place_batch(self.host_arrays(batch), self.mesh)
@@ -262,8 +275,8 @@ class Trainer:
 
     def write_samples(self, logger: MetricsLogger, step: int, state: TrainState) -> None:
         """Sample the fixed eval scenes with the EMA weights; a PNG grid + TensorBoard."""
-        pipe = DreamLayerPipeline(self.ema_model(state), self.pipe.text_encoder,
-                                  self.pipe.tokenizer, self.pipe.codec, self.pipe.scheduler)
+        pipe = DreamLayerPipeline(self.ema_model(state), self.pipe.conditioner,
+                                  self.pipe.codec, self.pipe.scheduler)
         count = min(self.cfg.eval_scenes, len(self.source))
         scenes = eval_scenes(self.source, self.max_layers, count)
         results = pipe(scenes, num_inference_steps=self.cfg.sample_steps,

@@ -1,10 +1,12 @@
 """The jitted, sharded train step of the denoising objective.
 
-Frozen text encoder inside the step: the prompts' token ids `[B, L, T]` are encoded by
-the text encoder under `stop_gradient` (its parameters are an argument, replicated, never
-updated), and the codec encodes the RGBA pixels to latents in the step too (PixelCodec:
-a few elementwise ops). So a batch travels as pixels + token ids, and the step is one
-XLA program: encode, noise, predict, loss, gradient, AdamW, EMA, skip-if-non-finite.
+Frozen text encoders inside the step: the prompts' token ids `[B, L, T]` (SDXL: also
+`token_ids_2` for its second tokenizer) are encoded under `stop_gradient` (the encoders'
+parameters are an argument, replicated, never updated; SDXL's pooled text and size
+`time_ids` become the layers' added conditioning), and the codec encodes the RGBA pixels
+to latents in the step too (PixelCodec: a few elementwise ops). So a batch travels as
+pixels + token ids, and the step is one XLA program: encode, noise, predict, loss,
+gradient, AdamW, EMA, skip-if-non-finite.
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ from jax.sharding import Mesh, NamedSharding
 
 from dreamlayer_jax.attention.context import LayerContext, make_roles
 from dreamlayer_jax.parallel.mesh import fsdp_spec, layer_sharding, replicated
+from dreamlayer_jax.pipeline.text_conditioning import (
+    encode_tokens,
+    sdxl_time_ids,
+    zero_where_empty,
+)
 from dreamlayer_jax.schedulers.forward_process import add_noise, get_target
 from dreamlayer_jax.training.config import TrainConfig
 from dreamlayer_jax.training.losses import masked_layer_loss, min_snr_weights, role_weights
@@ -28,6 +35,7 @@ from dreamlayer_jax.training.optimizer import learning_rate_schedule, trained_ma
 from dreamlayer_jax.training.state import TrainState, ema_decay_at, ema_update
 
 BATCH_KEYS = {"pixels": 5, "layer_valid": 2, "boxes": 3, "token_ids": 3}  # name -> ndim
+SDXL_BATCH_KEYS = {**BATCH_KEYS, "token_ids_2": 3}  # the second tokenizer's ids
 
 StepFn = Callable[[TrainState, Any, dict[str, jax.Array]], tuple[TrainState, dict[str, Any]]]
 
@@ -39,9 +47,15 @@ def state_shardings(mesh: Mesh, state: TrainState) -> TrainState:
     return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(np.shape(x), size)), state)
 
 
-def batch_shardings(mesh: Mesh) -> dict[str, NamedSharding]:
+def batch_keys(num_text_encoders: int) -> dict[str, int]:
+    """The batch's arrays (name -> ndim) for a model with 1 or 2 (SDXL) text encoders."""
+    return SDXL_BATCH_KEYS if num_text_encoders == 2 else BATCH_KEYS
+
+
+def batch_shardings(mesh: Mesh, num_text_encoders: int = 1) -> dict[str, NamedSharding]:
     """`[B, L, ...]` batch arrays: B over ("data", "fsdp"), L over "layer"."""
-    return {name: layer_sharding(mesh, ndim) for name, ndim in BATCH_KEYS.items()}
+    return {name: layer_sharding(mesh, ndim)
+            for name, ndim in batch_keys(num_text_encoders).items()}
 
 
 def _cast(tree: Any, dtype: jnp.dtype) -> Any:
@@ -49,20 +63,36 @@ def _cast(tree: Any, dtype: jnp.dtype) -> Any:
         lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
-def make_loss_fn(cfg: TrainConfig, unet_graph: nnx.GraphDef, text_graph: nnx.GraphDef,
-                 codec: Any, sched: Any, box_margin: float,
-                 attention_backend: str = "xla") -> Callable:
-    """`loss(params, text_params, batch, key) -> (loss, aux)` for one micro-batch;
-    `attention_backend` is a concrete kernel (`attention.backends.resolve_backend`)."""
+def make_loss_fn(cfg: TrainConfig, unet_graph: nnx.GraphDef,
+                 text_graphs: tuple[nnx.GraphDef, ...], codec: Any, sched: Any,
+                 box_margin: float, attention_backend: str = "xla",
+                 empty_prompt_ids: np.ndarray | None = None) -> Callable:
+    """`loss(params, text_params, batch, key) -> (loss, aux)` for one micro-batch.
+
+    `text_params` is the list of the encoders' parameters (one, or SDXL's two);
+    `attention_backend` a concrete kernel (`attention.backends.resolve_backend`);
+    `empty_prompt_ids` (`int32[T]`, the first tokenizer's ids of "") turns on SDXL's
+    `force_zeros_for_empty_prompt`: empty prompts (dropped for classifier-free guidance,
+    padded slots) encode to zeros, as the unconditional branch does in sampling.
+    """
     prediction_type = cfg.prediction_type or sched.config.prediction_type
     num_train_timesteps = int(sched.config.num_train_timesteps)
     compute_dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
 
-    def encode_text(text_params, token_ids):
-        b, num_layers, length = token_ids.shape
-        text_model = nnx.merge(text_graph, text_params)
-        emb = text_model(token_ids.reshape(b * num_layers, length)).last_hidden_state
-        return jax.lax.stop_gradient(emb.reshape(b, num_layers, length, emb.shape[-1]))
+    def encode_text(text_params, batch, size):
+        """`(text [B, L, T, D], added | None)` of the batch's token ids."""
+        ids = [batch["token_ids"], *([batch["token_ids_2"]] if len(text_graphs) == 2 else [])]
+        b, num_layers = ids[0].shape[:2]
+        flat = [i.reshape(b * num_layers, i.shape[-1]) for i in ids]
+        hidden, pooled = encode_tokens(text_graphs, text_params, flat)
+        if empty_prompt_ids is not None:
+            empty = jnp.all(flat[0] == jnp.asarray(empty_prompt_ids), axis=-1)
+            hidden, pooled = zero_where_empty(~empty, hidden, pooled)
+        added = None
+        if pooled is not None:
+            added = {"text_embeds": pooled, "time_ids": sdxl_time_ids(b * num_layers, size)}
+        return jax.lax.stop_gradient(jax.tree.map(
+            lambda a: a.reshape(b, num_layers, *a.shape[1:]), (hidden, added)))
 
     def loss_fn(params, text_params, batch, key):
         pixels, layer_valid = batch["pixels"], batch["layer_valid"]
@@ -75,9 +105,10 @@ def make_loss_fn(cfg: TrainConfig, unet_graph: nnx.GraphDef, text_graph: nnx.Gra
         x_t = add_noise(sched, x0, noise, t)
         target = get_target(sched, x0, noise, t, prediction_type)
         roles = make_roles(layer_valid)
+        text, added = encode_text(text_params, batch, pixels.shape[2:4])
         ctx = LayerContext(
             layer_valid=layer_valid, roles=roles, boxes=batch["boxes"],
-            text=encode_text(text_params, batch["token_ids"]).astype(compute_dtype),
+            text=text.astype(compute_dtype), added=_cast(added, compute_dtype),
             caca=cfg.caca, lssa=cfg.lssa, box_margin=box_margin,
             attention_backend=attention_backend)
         model = nnx.merge(unet_graph, _cast(params, compute_dtype))
@@ -133,12 +164,14 @@ def make_train_step(cfg: TrainConfig, tx: optax.GradientTransformation,
     return step
 
 
-def jit_train_step(step: Callable, mesh: Mesh, state: TrainState, text_params: Any,
+def jit_train_step(step: Callable, mesh: Mesh, state: TrainState, text_params: list[Any],
                    donate: bool = True) -> StepFn:
-    """`jax.jit` with explicit in/out shardings on `mesh` (see `state_shardings`)."""
+    """`jax.jit` with explicit in/out shardings on `mesh` (see `state_shardings`);
+    `text_params` is the list of the text encoders' parameters (replicated)."""
     state_sh = state_shardings(mesh, state)
     text_sh = jax.tree.map(lambda _: replicated(mesh), text_params)
-    return jax.jit(step, in_shardings=(state_sh, text_sh, batch_shardings(mesh)),
+    batch_sh = batch_shardings(mesh, len(text_params))
+    return jax.jit(step, in_shardings=(state_sh, text_sh, batch_sh),
                    out_shardings=(state_sh, replicated(mesh)),
                    donate_argnums=(0,) if donate else ())
 
@@ -149,7 +182,8 @@ def place_state(state: TrainState, mesh: Mesh) -> TrainState:
 
 
 def place_batch(arrays: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Global batch arrays from this process's rows (its slice of the global batch)."""
-    shardings = batch_shardings(mesh)
-    return {name: jax.make_array_from_process_local_data(shardings[name], np.asarray(arrays[name]))
-            for name in BATCH_KEYS}
+    """Global batch arrays from this process's rows (its slice of the global batch);
+    `arrays` has `token_ids_2` where the model has SDXL's second tokenizer."""
+    shardings = batch_shardings(mesh, 2 if "token_ids_2" in arrays else 1)
+    return {name: jax.make_array_from_process_local_data(sharding, np.asarray(arrays[name]))
+            for name, sharding in shardings.items()}
