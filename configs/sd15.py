@@ -1,7 +1,9 @@
 """Fine-tune Stable Diffusion 1.5 into DreamLayer at 512 px (LoRA + role embedding).
 
-The base folder must be a diffusers SD 1.5 folder with a `dreamlayer/` config giving
-`lora_rank` and `codec: latent` (transparency decoder trained with mode="transparency").
+`model` is a diffusers SD 1.5 folder: `dreamlayer` adds rank-32 LoRA adapters and the
+zero-initialised role embedding on top of the frozen weights (a DreamLayer folder whose
+adapters have another rank is refused). Train the transparency decoder first
+(`mode="transparency"`) for RGBA layers.
 """
 
 
@@ -9,6 +11,7 @@ def get_config() -> dict:
     return {
         "model": "",  # path to the SD 1.5 folder (set with --set model=...)
         "data_dir": "",  # a TFDS dataset built by dreamlayer_jax.data.tfds_builder
+        "dreamlayer": {"lora_rank": 32, "lora_alpha": 32.0},
         "batch_size": 32,
         "num_steps": 50_000,
         "learning_rate": 1e-4,

@@ -1,15 +1,22 @@
 """Fine-tune SDXL into DreamLayer at 1024 px: full weights, fsdp-sharded, bf16 compute.
 
-Not runnable yet: SDXL's second text encoder and its added time/text conditioning are not
-wired into the trainer's step, and `train.py` refuses an SDXL model with a one-line
-ConfigError saying so. This config records the intended scale settings.
+`model` is a diffusers SDXL folder (or a DreamLayer folder made from one): both text
+encoders run frozen inside the step, and every layer gets its own prompt's pooled
+embedding and the canvas's size `time_ids`, as SDXL was trained. Dropped prompts
+encode to zeros (SDXL's `force_zeros_for_empty_prompt`), as in sampling. A plain folder
+starts from DreamLayer's defaults at SDXL's native 1024 px; `dreamlayer` sets the layer
+count. Train the transparency decoder first (`mode="transparency"`) for RGBA layers.
+
+    python train.py --config configs/sdxl.py --workdir runs/sdxl \
+        --set model=/path/to/sdxl data_dir=/path/to/tfds
 """
 
 
 def get_config() -> dict:
     return {
-        "model": "",
-        "data_dir": "",
+        "model": "",  # the SDXL folder (set with --set model=...)
+        "data_dir": "",  # a TFDS dataset built by dreamlayer_jax.data.tfds_builder
+        "dreamlayer": {"max_layers": 6},
         "batch_size": 64,
         "num_steps": 100_000,
         "learning_rate": 5e-5,

@@ -108,3 +108,50 @@ def test_added_conditioning_without_a_second_encoder_is_refused(tmp_path):
         text_encoder=TINY_TEXT, words=WORDS, dreamlayer=DREAMLAYER, scheduler=TINY_SCHEDULER)
     with pytest.raises(ConfigError, match="addition_embed_type='text_time' does not match"):
         Trainer(TrainConfig(**small_train_fields(model)), tmp_path / "run")
+
+
+def test_a_plain_sdxl_folder_loads_at_its_native_resolution_with_lora_overrides(tmp_path):
+    from test_text2img import write_tiny_sd
+
+    folder = write_tiny_sd(tmp_path / "plain", sdxl=True)  # diffusers layout, no dreamlayer/
+    pipe = DreamLayerPipeline.from_pretrained(folder, dreamlayer={"lora_rank": 2,
+                                                                  "max_layers": 4})
+    config = pipe.config
+    assert (config.resolution, config.lora_rank, config.max_layers) == (16, 2, 4)
+    assert config.codec == "latent" and pipe.conditioner.is_sdxl
+    assert pipe.latent_shape() == (8, 8, 4)
+    with pytest.raises(ConfigError, match="max_layers=2 must be >= 3"):
+        DreamLayerPipeline.from_pretrained(folder, dreamlayer={"max_layers": 2})
+
+
+def test_lora_fine_tuning_of_a_plain_sdxl_folder_exports_its_adapters(tmp_path):
+    from test_text2img import write_tiny_sd
+
+    from dreamlayer_jax.pipeline.components import is_dreamlayer_param
+    from dreamlayer_jax.training.loop import Trainer
+
+    folder = write_tiny_sd(tmp_path / "plain", sdxl=True)
+    cfg = TrainConfig(**small_train_fields(
+        folder, num_steps=2, checkpoint_every=2, train_params="dreamlayer",
+        dreamlayer={"lora_rank": 2, "max_layers": 4}))
+    trainer = Trainer(cfg, tmp_path / "run", mesh=make_mesh(1, 1, 1, devices=jax.devices()[:1]))
+    trainer.run()
+    exported = DreamLayerPipeline.from_pretrained(tmp_path / "run" / "export")
+    assert exported.config.lora_rank == 2 and exported.conditioner.is_sdxl
+    base = DreamLayerPipeline.from_pretrained(folder, dreamlayer={"lora_rank": 2})
+    new, old = (jax.tree_util.tree_leaves_with_path(nnx_params(p.unet))
+                for p in (exported, base))
+    trained = []
+    for (path, a), (_, b) in zip(new, old, strict=True):
+        keys = tuple(str(getattr(k, "key", k)) for k in path)
+        if is_dreamlayer_param(keys):
+            trained.append(not np.array_equal(a, b))
+        else:  # the frozen SDXL weights are exported unchanged
+            np.testing.assert_array_equal(a, b, err_msg=str(keys))
+    assert len(trained) > 1 and any(trained)
+
+
+def nnx_params(module):
+    from flax import nnx
+
+    return nnx.to_pure_dict(nnx.state(module, nnx.Param))

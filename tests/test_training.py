@@ -162,6 +162,12 @@ def test_config_file_and_overrides(tmp_path):
         config_from_dict({"num_step": 3})
     with pytest.raises(ConfigError, match="batch_size"):
         load_config_file(path, ["batch_size=0"])
+    cfg = load_config_file(path, ["dreamlayer={'lora_rank': 8}"])
+    assert cfg.dreamlayer == {"lora_rank": 8}
+    with pytest.raises(ConfigError, match=r"dreamlayer has unknown keys \['lora_rnak'\]"):
+        load_config_file(path, ["dreamlayer={'lora_rnak': 8}"])
+    with pytest.raises(ConfigError, match="must be a dict"):
+        load_config_file(path, ["dreamlayer=8"])
 
 
 def test_checkpoint_from_one_device_restores_onto_a_2x2x2_mesh(setup, tmp_path):

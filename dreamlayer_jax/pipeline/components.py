@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from flax import nnx
 from dreamlayer_jax.codecs.latent import LatentCodec
 from dreamlayer_jax.codecs.pixel import PixelCodec
 from dreamlayer_jax.codecs.transparency import TransparencyDecoder
+from dreamlayer_jax.errors import ConfigError
 from dreamlayer_jax.io import (
     load_config,
     load_state_dict,
@@ -43,17 +45,44 @@ def is_dreamlayer_param(path: tuple[Any, ...]) -> bool:
     return str(path[0]) == "role_embedding" or is_lora_path(path)
 
 
-def load_dreamlayer_unet(folder: Path, dtype: jnp.dtype = jnp.float32) -> DreamLayerUNet:
-    """The base UNet from `unet/` plus DreamLayer's parameters from `dreamlayer/`."""
+def load_dreamlayer_unet(folder: Path, dtype: jnp.dtype = jnp.float32,
+                         overrides: Mapping[str, Any] | None = None) -> DreamLayerUNet:
+    """The base UNet from `unet/` plus DreamLayer's parameters from `dreamlayer/`.
+
+    A plain Stable Diffusion folder gets DreamLayer's defaults, drawn at the base model's
+    own resolution (the UNet's `sample_size` times the VAE's downscale: 512 for SD 1.5,
+    1024 for SDXL). `overrides` replace fields of the folder's `DreamLayerConfig` (e.g.
+    `{"lora_rank": 16, "max_layers": 6}` to fine-tune a plain folder with LoRA); LoRA
+    adapters are added fresh, so a folder that already has some keeps its rank.
+    """
     extra = folder / DREAMLAYER
-    config = (DreamLayerConfig.from_dict(load_config(extra)) if (extra / "config.json").is_file()
-              else DreamLayerConfig())
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", dtype=dtype)
+    has_saved = (extra / "config.json").is_file()
+    saved = (DreamLayerConfig.from_dict(load_config(extra)) if has_saved
+             else DreamLayerConfig(resolution=_native_resolution(folder, unet)))
+    config = DreamLayerConfig.from_dict({**saved.__dict__, **(overrides or {})})
+    if saved.lora_rank and (config.lora_rank, config.lora_alpha) != (saved.lora_rank,
+                                                                     saved.lora_alpha):
+        raise ConfigError(f"{folder} has LoRA adapters of rank {saved.lora_rank} (alpha "
+                          f"{saved.lora_alpha}); they cannot be changed to rank "
+                          f"{config.lora_rank} (alpha {config.lora_alpha})")
     model = DreamLayerUNet(unet, config, rngs=nnx.Rngs(0))
-    if (extra / "config.json").is_file():
+    if has_saved:
         update_from_torch(model, load_state_dict(extra), what=f"DreamLayer ({extra})",
-                          include=is_dreamlayer_param)
+                          include=lambda p: str(p[0]) == "role_embedding" or (
+                              saved.lora_rank > 0 and is_lora_path(p)))
     return model
+
+
+def _native_resolution(folder: Path, unet: UNet2DConditionModel) -> int:
+    """Pixels per side the base model was trained at (DreamLayerConfig's default without
+    a UNet `sample_size` or a VAE)."""
+    size = unet.config.sample_size
+    size = size[0] if isinstance(size, tuple) else size
+    if not size or not (folder / "vae" / "config.json").is_file():
+        return DreamLayerConfig.resolution
+    blocks = load_config(folder / "vae").get("block_out_channels", ())
+    return int(size) * 2 ** max(len(blocks) - 1, 0)
 
 
 def load_codec(folder: Path, config: DreamLayerConfig, dtype: jnp.dtype = jnp.float32):

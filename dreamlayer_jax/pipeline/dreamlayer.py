@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,17 +67,18 @@ class DreamLayerPipeline:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, *,
-                        scheduler: str | None = None,
-                        dtype: jnp.dtype = jnp.float32) -> DreamLayerPipeline:
+                        scheduler: str | None = None, dtype: jnp.dtype = jnp.float32,
+                        dreamlayer: Mapping[str, Any] | None = None) -> DreamLayerPipeline:
         """Load a DreamLayer (or plain Stable Diffusion) folder or hub id; no argument:
-        the built-in model. `scheduler` overrides the folder's scheduler kind."""
+        the built-in model. `scheduler` overrides the folder's scheduler kind,
+        `dreamlayer` fields of its `DreamLayerConfig` (`components.load_dreamlayer_unet`)."""
         if path is None:
             path = builtin_model_path()
             if not (path / "model_index.json").is_file():
                 raise InputError("the built-in model is not bundled with this version: "
                                  "pass a model folder with --model")
         folder = resolve_model_folder(path)
-        unet = load_dreamlayer_unet(folder, dtype)
+        unet = load_dreamlayer_unet(folder, dtype, dreamlayer)
         conditioner = TextConditioner.from_pretrained(folder, dtype=dtype)
         codec = load_codec(folder, unet.config, dtype)
         sched = load_scheduler(folder / "scheduler", scheduler)

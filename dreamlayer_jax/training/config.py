@@ -34,6 +34,7 @@ class TrainConfig:
     synthetic_scenes: int = 64  # in-memory source size when data_dir is ""
     synthetic_resolution: int = 16
     max_layers: int = 0  # L_max of the batch; 0 = the model's max_layers
+    dreamlayer: dict[str, Any] = field(default_factory=dict)  # DreamLayerConfig overrides
     mode: str = "diffusion"
     # optimisation
     seed: int = 0
@@ -111,6 +112,14 @@ class TrainConfig:
                               "(background, foreground, global)")
         if len(self.mesh) != 3:
             raise ConfigError(f"train config: mesh={self.mesh!r} must be (data, fsdp, layer)")
+        if not isinstance(self.dreamlayer, dict):
+            raise ConfigError(f"train config: dreamlayer={self.dreamlayer!r} must be a dict of "
+                              "DreamLayerConfig fields, e.g. {'lora_rank': 16}")
+        from dreamlayer_jax.models.layer_unet import DreamLayerConfig
+
+        unknown = sorted(set(self.dreamlayer) - set(DreamLayerConfig.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"train config: dreamlayer has unknown keys {unknown}")
         if self.max_layers and self.max_layers < 3:
             raise ConfigError(f"train config: max_layers={self.max_layers} must be >= 3")
 

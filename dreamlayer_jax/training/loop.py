@@ -84,7 +84,8 @@ class Trainer:
         self.on_checkpoint = on_checkpoint  # called with the step once a save is complete
         self.progress_stream = progress_stream  # the progress bar's stream (default stderr)
         self.base_folder = resolve_model_folder(cfg.model)
-        self.pipe = DreamLayerPipeline.from_pretrained(self.base_folder)
+        self.pipe = DreamLayerPipeline.from_pretrained(self.base_folder,
+                                                       dreamlayer=cfg.dreamlayer)
         self._check_conditioning()
         self.max_layers = cfg.max_layers or self.pipe.config.max_layers
         self.mesh = mesh if mesh is not None else make_mesh(*cfg.mesh)
