@@ -1,7 +1,7 @@
 """Train-step throughput on this machine: steps/s and examples/s.
 
-    python benchmarks/train_step.py                 # the tiny model (tests/tiny_model.py)
-    python benchmarks/train_step.py --sd15 --res 64 # an SD1.5-sized UNet at 64x64 pixels
+    python benchmarks/train_step.py                        # tiny and SD1.5-sized, 16 px
+    python benchmarks/train_step.py --configs sd15 --res 32 # SD1.5-sized UNet at 32x32 pixels
 
 Random model folders are written to a temporary directory; the first step (compile) is
 reported separately and excluded from the throughput.
@@ -19,29 +19,18 @@ import jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SD15_TEXT, sd15_unet  # noqa: E402
-
-SD15_UNET = sd15_unet(64)
+from common import SD15_TEXT, format_table, sd15_unet  # noqa: E402
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--sd15", action="store_true", help="SD1.5-sized UNet (pixel codec)")
-    p.add_argument("--res", type=int, default=16, help="scene resolution in pixels (>= 16)")
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--bf16", action="store_true")
-    args = p.parse_args()
-
-    from tiny_model import TINY_SCHEDULER, TINY_TEXT, TINY_UNET, WORDS
+def measure(name: str, unet: dict, text: dict, args: argparse.Namespace) -> list[str]:
+    """One row: the first step (compile + run) and the steady steps/s and examples/s."""
+    from tiny_model import TINY_SCHEDULER, WORDS
 
     from dreamlayer_jax.parallel.mesh import make_mesh
     from dreamlayer_jax.pipeline.create import create_model_folder
     from dreamlayer_jax.training.config import TrainConfig
     from dreamlayer_jax.training.loop import Trainer
 
-    unet, text = (SD15_UNET, SD15_TEXT) if args.sd15 else (TINY_UNET, TINY_TEXT)
     with tempfile.TemporaryDirectory() as tmp:
         model = create_model_folder(
             Path(tmp) / "model", unet=unet, text_encoder=text, words=WORDS,
@@ -64,10 +53,37 @@ def main() -> None:
             state, metrics = trainer.step_fn(state, trainer.text_params, batch)
         jax.block_until_ready((state, metrics))
         dt = time.perf_counter() - t0
-    name = "sd15-sized" if args.sd15 else "tiny"
-    print(f"{name} {args.res}px B={args.batch} L={args.layers} on {jax.devices()[0].platform}: "
-          f"first step {compile_s:.1f}s, {args.steps / dt:.2f} steps/s, "
-          f"{args.steps * args.batch / dt:.2f} examples/s")
+    row = [name, f"{args.res}", f"{args.batch}", f"{args.layers}",
+           "bf16" if args.bf16 else "f32", f"{compile_s:.1f}", f"{dt / args.steps:.2f}",
+           f"{args.steps / dt:.3f}", f"{args.steps * args.batch / dt:.3f}"]
+    print(" | ".join(row), flush=True)
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--configs", default="tiny,sd15",
+                   help="comma-separated: tiny (tests/tiny_model.py), sd15 (SD1.5-sized UNet)")
+    p.add_argument("--res", type=int, default=16, help="scene resolution in pixels (>= 16)")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--bf16", action="store_true")
+    args = p.parse_args()
+    from tiny_model import TINY_TEXT, TINY_UNET
+
+    models = {"tiny": (TINY_UNET, TINY_TEXT), "sd15": (sd15_unet(args.res), SD15_TEXT)}
+    names = [n.strip() for n in args.configs.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(models))
+    if unknown:
+        p.error(f"unknown configs {unknown}; choose from {sorted(models)}")
+    print(f"device: {jax.devices()[0].device_kind}, {args.steps} timed steps after the first",
+          flush=True)
+    headers = ["model", "px", "B", "L", "dtype", "first step s", "s/step", "steps/s",
+               "examples/s"]
+    rows = [measure(name, *models[name], args) for name in names]
+    print()
+    print(format_table(headers, rows))
 
 
 if __name__ == "__main__":
