@@ -30,7 +30,7 @@ def test_round_trip_through_torch_layout_gives_the_same_function():
     state = nnx_state_to_torch(model)
     assert state["conv.weight"].shape == (4, 3, 3, 3)
     assert state["to_out.0.weight"].shape == (3, 2)
-    loaded = load_torch_state_into(lambda: Tiny(nnx.Rngs(1)), state, what="Tiny")
+    loaded = load_torch_state_into(Tiny, state, what="Tiny")
     x = jnp.linspace(-1, 1, 50).reshape(1, 5, 5, 2)
     np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
 
@@ -47,7 +47,7 @@ def test_a_state_dict_that_does_not_fit_names_the_tensor(edit, message):
     state = nnx_state_to_torch(Tiny(nnx.Rngs(0)))
     edit(state)
     with pytest.raises(WeightsError, match=message):
-        load_torch_state_into(lambda: Tiny(nnx.Rngs(1)), state, what="Tiny")
+        load_torch_state_into(Tiny, state, what="Tiny")
 
 
 def test_sharded_checkpoints_are_read_through_their_index(tmp_path):

@@ -101,8 +101,29 @@ def _convert(
     return new_flat
 
 
+class ShapeOnlyRngs:
+    """Stands in for `nnx.Rngs` while a module is built only for its shapes: every stream
+    (`rngs()`, `rngs.params()`, ...) returns one fixed key, and nothing is counted.
+
+    Under `nnx.eval_shape`, each call of a real `nnx.Rngs` updates its counter variable,
+    and flax's update reads the traced value's `sharding`, which makes JAX build an error
+    message by walking the whole jaxpr traced so far: quadratic in the number of
+    parameters (30 s for SD1.5's UNet, minutes for SDXL's). The values drawn here are
+    replaced by the loaded weights anyway.
+    """
+
+    def __init__(self, seed: int = 0):
+        self._key = jax.random.key(seed)
+
+    def __call__(self) -> jax.Array:
+        return self._key
+
+    def __getattr__(self, stream: str) -> ShapeOnlyRngs:
+        return self
+
+
 def load_torch_state_into(
-    build: Callable[[], M],
+    build: Callable[[Any], M],
     state_dict: Mapping[str, np.ndarray],
     *,
     what: str,
@@ -110,15 +131,16 @@ def load_torch_state_into(
     ignore: Iterable[str] = (),
     rename: Callable[[str], str] | None = None,
 ) -> M:
-    """Build the module returned by `build()` with its parameters taken from `state_dict`.
+    """Build the module returned by `build(rngs)` with its parameters taken from `state_dict`.
 
-    `build` is traced abstractly (`nnx.eval_shape`), so no random initialisation is run.
+    `build` is traced abstractly (`nnx.eval_shape`) with a `ShapeOnlyRngs` as `rngs`, so
+    no random initialisation is run.
     `ignore` holds key substrings of the state dict that may be present without a
     matching parameter (e.g. `position_ids` buffers); `rename` maps an nnx-derived key
     to the key used in the state dict where the two differ. Every missing, unexpected
     or mis-shaped tensor is reported in one `WeightsError` naming them.
     """
-    abstract = nnx.eval_shape(build)
+    abstract = nnx.eval_shape(lambda: build(ShapeOnlyRngs()))
     graphdef, state = nnx.split(abstract)
     flat = traverse_util.flatten_dict(nnx.to_pure_dict(state))
     new_flat = _convert(flat, state_dict, what=what, dtype=dtype, ignore=ignore, rename=rename)

@@ -236,7 +236,7 @@ class _CLIPPretrained(PretrainedMixin):
         state = load_state_dict(folder)
         prefixed = any(key.startswith(_PREFIX) for key in state)
         return load_torch_state_into(
-            lambda: cls(config, rngs=nnx.Rngs(0), dtype=dtype),
+            lambda rngs: cls(config, rngs=rngs, dtype=dtype),
             state,
             what=f"{cls.__name__} ({folder})",
             dtype=param_dtype,

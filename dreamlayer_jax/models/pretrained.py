@@ -51,7 +51,7 @@ class PretrainedMixin:
         config = cls.config_class.from_dict(load_config(folder))
         state = load_state_dict(folder)
         return load_torch_state_into(
-            lambda: cls(config, rngs=nnx.Rngs(0), dtype=dtype),
+            lambda rngs: cls(config, rngs=rngs, dtype=dtype),
             state,
             what=f"{cls.__name__} ({folder})",
             dtype=param_dtype,
