@@ -78,6 +78,15 @@ def test_sdxl_style_model_samples_layers(sdxl_pipe):
     assert result.layers[0].shape == (16, 16, 4) and result.composite.shape == (16, 16, 3)
 
 
+def test_sdxl_style_model_decomposes_a_picture(sdxl_pipe):
+    picture = np.zeros((16, 16, 3), np.uint8)
+    picture[..., 2] = 200
+    picture[4:11, 2:10] = (220, 30, 30)
+    result = sdxl_pipe.decompose(picture, [Layer("a red circle", (0.1, 0.2, 0.6, 0.7))],
+                                 "a blue wall", num_inference_steps=2, seed=0)
+    assert result.background.shape == (16, 16, 3) and result.layers[0].shape == (16, 16, 4)
+
+
 def test_sdxl_style_model_trains_and_exports_a_loadable_model(sdxl_model, tmp_path):
     from dreamlayer_jax.training.loop import Trainer
 
