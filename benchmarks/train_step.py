@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py                        # tiny and SD1.5-sized, 16 px
     python benchmarks/train_step.py --configs sd15 --res 32 # SD1.5-sized UNet at 32x32 pixels
+    python benchmarks/train_step.py --train-params dreamlayer --lora-rank 32  # LoRA fine-tune
 
 Random model folders are written to a temporary directory; the first step (compile) is
 reported separately and excluded from the throughput.
@@ -34,11 +35,13 @@ def measure(name: str, unet: dict, text: dict, args: argparse.Namespace) -> list
     with tempfile.TemporaryDirectory() as tmp:
         model = create_model_folder(
             Path(tmp) / "model", unet=unet, text_encoder=text, words=WORDS,
-            dreamlayer={"max_layers": args.layers, "codec": "pixel", "resolution": args.res},
+            dreamlayer={"max_layers": args.layers, "codec": "pixel", "resolution": args.res,
+                        "lora_rank": args.lora_rank},
             scheduler=TINY_SCHEDULER)
         cfg = TrainConfig(model=str(model), batch_size=args.batch, max_layers=args.layers,
                           synthetic_scenes=max(8, args.batch), synthetic_resolution=args.res,
                           num_steps=args.steps + 1, progress=False, export=False,
+                          train_params=args.train_params,
                           compute_dtype="bfloat16" if args.bf16 else "float32")
         trainer = Trainer(cfg, Path(tmp) / "run",
                           mesh=make_mesh(1, 1, 1, devices=jax.devices()[:1]))
@@ -53,7 +56,7 @@ def measure(name: str, unet: dict, text: dict, args: argparse.Namespace) -> list
             state, metrics = trainer.step_fn(state, trainer.text_params, batch)
         jax.block_until_ready((state, metrics))
         dt = time.perf_counter() - t0
-    row = [name, f"{args.res}", f"{args.batch}", f"{args.layers}",
+    row = [name, args.train_params, f"{args.res}", f"{args.batch}", f"{args.layers}",
            "bf16" if args.bf16 else "f32", f"{compile_s:.1f}", f"{dt / args.steps:.2f}",
            f"{args.steps / dt:.3f}", f"{args.steps * args.batch / dt:.3f}"]
     print(" | ".join(row), flush=True)
@@ -69,6 +72,9 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--bf16", action="store_true")
+    p.add_argument("--train-params", choices=("all", "dreamlayer"), default="all",
+                   help="dreamlayer: LoRA + role embedding on a frozen base (configs/sd15.py)")
+    p.add_argument("--lora-rank", type=int, default=0)
     args = p.parse_args()
     from tiny_model import TINY_TEXT, TINY_UNET
 
@@ -79,7 +85,7 @@ def main() -> None:
         p.error(f"unknown configs {unknown}; choose from {sorted(models)}")
     print(f"device: {jax.devices()[0].device_kind}, {args.steps} timed steps after the first",
           flush=True)
-    headers = ["model", "px", "B", "L", "dtype", "first step s", "s/step", "steps/s",
+    headers = ["model", "trains", "px", "B", "L", "dtype", "first step s", "s/step", "steps/s",
                "examples/s"]
     rows = [measure(name, *models[name], args) for name in names]
     print()
