@@ -118,7 +118,10 @@ class Trainer:
             loss_fn = make_loss_fn(cfg, self.model_graph, conditioner.graphdefs,
                                    self.pipe.codec, self.pipe.scheduler,
                                    self.pipe.config.box_margin, backend, empty_ids)
-        self._init_state = init_train_state(params, self.tx, cfg.seed)
+        # The state is never built whole on one device: its shapes come from eval_shape,
+        # and `initial_state` creates it already sharded from these host weights.
+        self._host_params = jax.tree.map(np.asarray, params)
+        self.abstract_state = jax.eval_shape(self._init_fn, params)
         self.text_params = jax.device_put(text_params)
         self.train_step = make_train_step(cfg, self.tx, loss_fn, params)
         self.step_fn = self.jit_step(self.mesh)
@@ -136,7 +139,8 @@ class Trainer:
 
     def jit_step(self, mesh: Mesh, donate: bool = True):
         """The train step jitted for `mesh` (the trainer's own: `self.step_fn`)."""
-        return jit_train_step(self.train_step, mesh, self._init_state, self.text_params, donate)
+        return jit_train_step(self.train_step, mesh, self.abstract_state, self.text_params,
+                              donate)
 
     # -- data ------------------------------------------------------------------------
     def make_iterator(self):
@@ -161,14 +165,22 @@ class Trainer:
         return place_batch(self.host_arrays(batch), self.mesh)
 
     # -- state -----------------------------------------------------------------------
+    def _init_fn(self, params: Any) -> TrainState:
+        return init_train_state(params, self.tx, self.cfg.seed)
+
     def initial_state(self, mesh: Mesh | None = None) -> TrainState:
-        """The fresh state laid out on `mesh` (default: the trainer's)."""
-        shardings = state_shardings(self.mesh if mesh is None else mesh, self._init_state)
-        return jax.tree.map(lambda x, s: jax.make_array_from_callback(
-            x.shape, s, lambda idx, x=x: np.asarray(x)[idx]), self._init_state, shardings)
+        """The fresh state laid out on `mesh` (default: the trainer's): each process puts
+        its shards of the weights on its devices, and one jitted call derives the
+        optimiser state and EMA in place, sharded like the weights (multi-host safe)."""
+        shardings = state_shardings(self.mesh if mesh is None else mesh, self.abstract_state)
+        params = jax.tree.map(lambda x, s: jax.make_array_from_callback(
+            x.shape, s, lambda idx, x=x: x[idx]), self._host_params, shardings.params)
+        return jax.jit(self._init_fn, in_shardings=(shardings.params,),
+                       out_shardings=shardings)(params)
 
     def restore(self, ckpt: Checkpointer) -> tuple[TrainState, dict[str, Any], int]:
-        target = abstract_like(self._init_state, state_shardings(self.mesh, self._init_state))
+        target = abstract_like(self.abstract_state,
+                               state_shardings(self.mesh, self.abstract_state))
         step, state, data_state, _ = ckpt.restore(target)
         return state, data_state, step
 
