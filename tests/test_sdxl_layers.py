@@ -17,6 +17,7 @@ from dreamlayer_jax.parallel.mesh import make_mesh
 from dreamlayer_jax.pipeline.create import create_model_folder
 from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
 from dreamlayer_jax.pipeline.scene import Layer, Scene
+from dreamlayer_jax.training.checkpoint import Checkpointer
 from dreamlayer_jax.training.config import TrainConfig
 
 POOLED, TIME_DIM = 8, 4
@@ -145,6 +146,11 @@ def test_lora_fine_tuning_of_a_plain_sdxl_folder_exports_its_adapters(tmp_path):
         dreamlayer={"lora_rank": 2, "max_layers": 4}))
     trainer = Trainer(cfg, tmp_path / "run", mesh=make_mesh(1, 1, 1, devices=jax.devices()[:1]))
     trainer.run()
+    # the checkpoint (EMA over the adapters only) restores as saved
+    state, _, step = trainer.restore(Checkpointer(tmp_path / "run", keep=1))
+    assert step == 2
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.ema),
+                 jax.device_get(trainer.state.ema))
     exported = DreamLayerPipeline.from_pretrained(tmp_path / "run" / "export")
     assert exported.config.lora_rank == 2 and exported.conditioner.is_sdxl
     base = DreamLayerPipeline.from_pretrained(folder, dreamlayer={"lora_rank": 2})

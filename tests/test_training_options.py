@@ -40,6 +40,7 @@ def test_lora_only_bf16_accumulated_steps_train_only_dreamlayer_params(tmp_path)
     after = _leaves(state.params)
     assert all(v.dtype == np.float32 for v in after.values())  # f32 master weights
     trained = [k for k in after if is_dreamlayer_param(k)]
+    assert set(_leaves(state.ema)) == set(trained)  # no EMA copy of the frozen base
     assert any("lora" in "/".join(k) for k in trained) and any(
         k[0] == "role_embedding" for k in trained)
     for key, value in after.items():

@@ -33,8 +33,8 @@ from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
 from dreamlayer_jax.training.checkpoint import Checkpointer, abstract_like
 from dreamlayer_jax.training.config import TrainConfig
 from dreamlayer_jax.training.logging import MetricsLogger
-from dreamlayer_jax.training.optimizer import make_optimizer
-from dreamlayer_jax.training.state import TrainState, init_train_state
+from dreamlayer_jax.training.optimizer import make_optimizer, trained_mask
+from dreamlayer_jax.training.state import TrainState, ema_weights, init_train_state
 from dreamlayer_jax.training.step import (
     jit_train_step,
     make_loss_fn,
@@ -166,7 +166,8 @@ class Trainer:
 
     # -- state -----------------------------------------------------------------------
     def _init_fn(self, params: Any) -> TrainState:
-        return init_train_state(params, self.tx, self.cfg.seed)
+        return init_train_state(params, self.tx, self.cfg.seed,
+                                trained_mask(params, self.cfg.train_params))
 
     def initial_state(self, mesh: Mesh | None = None) -> TrainState:
         """The fresh state laid out on `mesh` (default: the trainer's): each process puts
@@ -250,8 +251,8 @@ class Trainer:
     def ema_model(self, state: TrainState):
         """The trained module (DreamLayerUNet, or TransparencyDecoder in mode
         "transparency") with the EMA weights, gathered to every process."""
-        ema = multihost_utils.process_allgather(state.ema, tiled=True)
-        return nnx.merge(self.model_graph, jax.tree.map(np.asarray, ema))
+        ema = jax.tree.map(np.asarray, multihost_utils.process_allgather(state.ema, tiled=True))
+        return nnx.merge(self.model_graph, ema_weights(ema, self._host_params))
 
     def export(self, folder: str | os.PathLike, state: TrainState) -> Path:
         """The EMA weights as a model folder `DreamLayerPipeline.from_pretrained` loads:
