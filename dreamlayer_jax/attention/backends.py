@@ -13,12 +13,14 @@ two kinds, because the kernels can express different things:
   pixel reads). cuDNN takes it; splash cannot (its masks are static, these depend on the
   boxes at run time), so such calls run on XLA under "splash".
 
-Backends (`resolve_backend`): "xla" everywhere; "cudnn" on NVIDIA GPUs, computing in
-bfloat16 (cuDNN's flash kernels take 16-bit inputs); "splash" on TPUs
-(`jax.experimental.pallas.ops.tpu.splash_attention`; `interpret=True` runs the same
-kernel on any platform, which is how the tests check it). "auto" picks cudnn on GPU,
-splash on TPU, xla elsewhere. A shape a kernel refuses (head size, sequence length not
-a multiple of its block) falls back to XLA with a warning, once per shape.
+Backends (`resolve_backend`): "xla" everywhere (`attention.softmax.xla_attention`: the
+math of `jax.nn.dot_product_attention(implementation="xla")`, scheduled for speed);
+"cudnn" on NVIDIA GPUs, computing in bfloat16 (cuDNN's flash kernels take 16-bit inputs);
+"splash" on TPUs (`jax.experimental.pallas.ops.tpu.splash_attention`; `interpret=True`
+runs the same kernel on any platform, which is how the tests check it). "auto" picks
+cudnn on GPU, splash on TPU, xla elsewhere. A shape a kernel refuses (head size,
+sequence length not a multiple of its block) falls back to XLA with a warning, once per
+shape.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 
+from dreamlayer_jax.attention.softmax import xla_attention
 from dreamlayer_jax.errors import ConfigError
 
 BACKENDS = ("auto", "xla", "cudnn", "splash")
@@ -73,7 +76,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, key_mask: jax.Array | No
     elif backend not in ("xla", "splash"):
         raise ConfigError(f"attention backend {backend!r} is not a concrete kernel")
     full = key_mask[:, None, None, :] if key_mask is not None else mask
-    return jax.nn.dot_product_attention(q, k, v, mask=full, implementation="xla")
+    return xla_attention(q, k, v, full)
 
 
 def _fallback_on_refusal(kernel, q, k, v, m, **kw) -> jax.Array | None:

@@ -1,9 +1,15 @@
-"""CACA and LSSA (DESIGN.md section 2) as masked attention calls (`backends.attend`).
+"""CACA and LSSA (DESIGN.md section 2) as masked attention.
 
 Every function takes the projections of one attention block with layers folded into
 the batch, `q[B*L, N, H, d]` and `k, v[B*L, S, H, d]`, and returns `[B*L, N, H, d]`.
 No `[L*N, L*N]` score matrix exists anywhere: LSSA with scope "global" gives each layer
 `2N` keys (its own and the global layer's), so its cost is linear in `L`.
+
+On the "xla" backend the calls are `attention.softmax`'s multi-block forms: the global
+layer's keys are shared by all layers inside the contraction (never broadcast and
+concatenated per layer) and CACA's region mask is one bit per (pixel, layer), not
+repeated over the prompt's tokens. The fused kernels ("cudnn", "splash") take one
+key/value tensor and one mask, so for them the keys are concatenated as before.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from dreamlayer_jax.attention.masks import (
     background_region,
     foreground_regions,
 )
+from dreamlayer_jax.attention.softmax import grouped_kv_attention, shared_kv_attention
 from dreamlayer_jax.models.attention import AttendFn
 
 if TYPE_CHECKING:
@@ -62,6 +69,12 @@ def lssa_attention(
     k5, v5 = _unfold(k, num_layers), _unfold(v, num_layers)  # [B, L, N, H, d]
     batch, _, n = k5.shape[:3]
     see_global = _global_visibility(ctx, h, w)  # [B, L, N]
+    if ctx.lssa_scope == "global" and ctx.attention_backend == "xla":
+        # Own keys and the global layer's as two blocks of one softmax: the global
+        # layer's keys are read by every layer's queries, never copied per layer.
+        out = shared_kv_attention(_unfold(q, num_layers), k5, v5, k5[:, -1], v5[:, -1],
+                                  see_global)
+        return _fold(out)
     if ctx.lssa_scope == "global":
         k_g = jnp.broadcast_to(k5[:, -1:], k5.shape)
         v_g = jnp.broadcast_to(v5[:, -1:], v5.shape)
@@ -102,10 +115,15 @@ def caca_attention(
     batch, _, t = k5.shape[:3]
 
     # Background and foregrounds: own prompt and the global prompt, no mask needed.
-    k_local = jnp.concatenate([k5[:, :-1], jnp.broadcast_to(k5[:, -1:], k5[:, :-1].shape)], 2)
-    v_local = jnp.concatenate([v5[:, :-1], jnp.broadcast_to(v5[:, -1:], v5[:, :-1].shape)], 2)
-    out_local = attend(_fold(q5[:, :-1]), _fold(k_local), _fold(v_local),
-                       backend=ctx.attention_backend)
+    fused = ctx.attention_backend in ("xla", "splash")  # splash: this mask runs on XLA
+    if ctx.attention_backend == "xla":
+        out_local = shared_kv_attention(q5[:, :-1], k5[:, :-1], v5[:, :-1], k5[:, -1],
+                                        v5[:, -1])
+    else:
+        k_loc = jnp.concatenate([k5[:, :-1], jnp.broadcast_to(k5[:, -1:], k5[:, :-1].shape)], 2)
+        v_loc = jnp.concatenate([v5[:, :-1], jnp.broadcast_to(v5[:, -1:], v5[:, :-1].shape)], 2)
+        out_local = _unfold(attend(_fold(q5[:, :-1]), _fold(k_loc), _fold(v_loc),
+                                   backend=ctx.attention_backend), num_layers - 1)
 
     # Global layer: every layer's tokens, gated per pixel by the region masks.
     fg = foreground_regions(ctx.boxes, ctx.roles, ctx.layer_valid, h, w, ctx.box_margin)
@@ -113,12 +131,14 @@ def caca_attention(
     is_bg = (ctx.roles == ROLE_BACKGROUND) & ctx.layer_valid
     is_fg = (ctx.roles == ROLE_FOREGROUND) & ctx.layer_valid
     per_layer = jnp.where(is_fg[..., None], fg, is_bg[..., None] & bg[:, None, :])  # [B, L, N]
-    per_layer = per_layer.at[:, -1].set(True)  # T_G everywhere
-    mask = jnp.repeat(jnp.swapaxes(per_layer, 1, 2), t, axis=2)  # [B, N, L*T]
-    k_all = k5.reshape(batch, num_layers * t, *k5.shape[3:])
-    v_all = v5.reshape(batch, num_layers * t, *v5.shape[3:])
-    out_global = attend(q5[:, -1], k_all, v_all, mask=mask[:, None],
-                        backend=ctx.attention_backend)
+    per_layer = jnp.swapaxes(per_layer.at[:, -1].set(True), 1, 2)  # [B, N, L]; T_G everywhere
+    if fused:  # one mask bit per (pixel, layer), shared by that layer's T tokens
+        out_global = grouped_kv_attention(q5[:, -1], k5, v5, per_layer)
+    else:
+        mask = jnp.repeat(per_layer, t, axis=2)  # [B, N, L*T]
+        k_all = k5.reshape(batch, num_layers * t, *k5.shape[3:])
+        v_all = v5.reshape(batch, num_layers * t, *v5.shape[3:])
+        out_global = attend(q5[:, -1], k_all, v_all, mask=mask[:, None],
+                            backend=ctx.attention_backend)
 
-    out = jnp.concatenate([_unfold(out_local, num_layers - 1), out_global[:, None]], axis=1)
-    return _fold(out)
+    return _fold(jnp.concatenate([out_local, out_global[:, None]], axis=1))
