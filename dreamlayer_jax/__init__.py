@@ -6,7 +6,9 @@
     result.save("out/")
 
 The names are imported lazily, so `import dreamlayer_jax.errors` (or the data tools)
-does not pay for JAX and the models.
+does not pay for JAX and the models. Importing the package appends this project's XLA CPU
+flags to `XLA_FLAGS` while JAX's backends are not started yet (`dreamlayer_jax.xla_flags`;
+`DREAMLAYER_XLA_FLAGS=0` opts out).
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from dreamlayer_jax.xla_flags import apply_default_xla_flags
+
 __version__ = "0.1.0"
+apply_default_xla_flags()
 
 _EXPORTS = {
     "DreamLayerPipeline": "dreamlayer_jax.pipeline.dreamlayer",
