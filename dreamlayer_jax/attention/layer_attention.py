@@ -26,7 +26,11 @@ from dreamlayer_jax.attention.masks import (
     background_region,
     foreground_regions,
 )
-from dreamlayer_jax.attention.softmax import grouped_kv_attention, shared_kv_attention
+from dreamlayer_jax.attention.softmax import (
+    grouped_kv_attention,
+    shared_kv_attention,
+    xla_attention,
+)
 from dreamlayer_jax.models.attention import AttendFn
 
 if TYPE_CHECKING:
@@ -71,10 +75,13 @@ def lssa_attention(
     see_global = _global_visibility(ctx, h, w)  # [B, L, N]
     if ctx.lssa_scope == "global" and ctx.attention_backend == "xla":
         # Own keys and the global layer's as two blocks of one softmax: the global
-        # layer's keys are read by every layer's queries, never copied per layer.
-        out = shared_kv_attention(_unfold(q, num_layers), k5, v5, k5[:, -1], v5[:, -1],
-                                  see_global)
-        return _fold(out)
+        # layer's keys are read by every layer's queries, never copied per layer. The
+        # global layer itself sees none of them (its own keys only): plain attention.
+        q5 = _unfold(q, num_layers)
+        out = shared_kv_attention(q5[:, :-1], k5[:, :-1], v5[:, :-1], k5[:, -1], v5[:, -1],
+                                  see_global[:, :-1])
+        out_global = xla_attention(q5[:, -1], k5[:, -1], v5[:, -1])
+        return _fold(jnp.concatenate([out, out_global[:, None]], axis=1))
     if ctx.lssa_scope == "global":
         k_g = jnp.broadcast_to(k5[:, -1:], k5.shape)
         v_g = jnp.broadcast_to(v5[:, -1:], v5.shape)
