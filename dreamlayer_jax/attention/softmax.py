@@ -9,7 +9,7 @@ Same math as `jax.nn.dot_product_attention(..., implementation="xla")`: scores
 `q k^T / sqrt(d)` in float32, masked scores replaced by the same large negative number
 (so a row with every key masked averages all values, as there), softmax in float32,
 probabilities cast to the values' dtype for the second product. What differs is the
-schedule (docs/PERFORMANCE.md, "Attention on the CPU"):
+schedule (docs/PERFORMANCE.md, "Layer scaling", what was slow):
 
 - heads are moved in front once (`[N, H, T, d]`), so both products are plain batched
   matmuls (`jax.nn`'s grouped-query vmap gives XLA's CPU backend a layout it runs 2-5x
