@@ -1,20 +1,15 @@
 """Stable Diffusion's residual block and its down/up-samplers (NHWC).
 
-Importing this module applies the project's XLA CPU flags (`dreamlayer_jax.xla_flags`:
-XLA's own convolutions instead of YNNPACK's) if JAX's backends have not started yet;
-every model with convolutions imports it.
+Its convolutions run fastest on the CPU with the XLA flags `import dreamlayer_jax` sets
+(`dreamlayer_jax.xla_flags`).
 """
 
 from __future__ import annotations
 
-from dreamlayer_jax.xla_flags import apply_default_xla_flags
-
-apply_default_xla_flags()
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
 
 
 def group_norm(
