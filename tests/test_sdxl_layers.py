@@ -1,9 +1,9 @@
 """DreamLayer on an SDXL-style base model: two text encoders, pooled text and size ids.
 
-One small random SDXL-style folder per module (pixel codec, 16x16 RGBA unshuffled to
-8x8x16 latents): every layer gets its own prompt's pooled embedding and the canvas's
-`time_ids`; the unconditional branch is zeros (`force_zeros_for_empty_prompt`); the
-trainer trains it (with sampling of eval scenes) and exports a folder that samples.
+One small random SDXL-style DreamLayer folder per module (pixel codec, 16x16 RGBA
+unshuffled to 8x8x16 latents): every layer gets its own prompt's pooled embedding and
+the canvas's `time_ids`; the unconditional branch is zeros (`force_zeros_for_empty_prompt`).
+A plain diffusers-layout SDXL folder (VAE codec) is fine-tuned with LoRA end to end.
 """
 
 import jax
@@ -88,28 +88,6 @@ def test_sdxl_style_model_decomposes_a_picture(sdxl_pipe):
     assert result.background.shape == (16, 16, 3) and result.layers[0].shape == (16, 16, 4)
 
 
-def test_sdxl_style_model_trains_and_exports_a_loadable_model(sdxl_model, tmp_path):
-    from dreamlayer_jax.training.loop import Trainer
-
-    cfg = TrainConfig(**small_train_fields(sdxl_model, num_steps=4, checkpoint_every=4,
-                                           prompt_dropout=0.5, sample_every=4,
-                                           eval_scenes=2, sample_steps=2))
-    trainer = Trainer(cfg, tmp_path / "run", mesh=make_mesh(1, 1, 1, devices=jax.devices()[:1]))
-    assert len(trainer.text_params) == 2
-    before = jax.device_get(trainer.initial_state().params)
-    history = trainer.run()
-    assert [s for s, _ in history] == [1, 2, 3, 4]
-    assert all(np.isfinite(loss) for _, loss in history)
-    after = jax.device_get(trainer.state.params)
-    add_embedding = after["unet"]["add_embedding"]["linear_1"]["kernel"]
-    assert not np.array_equal(add_embedding, before["unet"]["add_embedding"]["linear_1"]["kernel"])
-    assert list((tmp_path / "run" / "samples").glob("*.png"))  # eval grid sampled at step 4
-    exported = DreamLayerPipeline.from_pretrained(tmp_path / "run" / "export")
-    assert exported.conditioner.is_sdxl and exported.conditioner.force_zeros_for_empty_prompt
-    result = exported(SCENE, num_inference_steps=2, seed=0)
-    assert np.isfinite(result.layers[0]).all()
-
-
 def test_added_conditioning_without_a_second_encoder_is_refused(tmp_path):
     from dreamlayer_jax.training.loop import Trainer
 
@@ -134,7 +112,11 @@ def test_a_plain_sdxl_folder_loads_at_its_native_resolution_with_lora_overrides(
         DreamLayerPipeline.from_pretrained(folder, dreamlayer={"max_layers": 2})
 
 
-def test_lora_fine_tuning_of_a_plain_sdxl_folder_exports_its_adapters(tmp_path):
+@pytest.mark.filterwarnings("ignore:prompt truncated")  # the toy tokenizer spells unknown words
+def test_lora_fine_tuning_of_a_plain_sdxl_folder_samples_restores_and_exports(tmp_path):
+    """The SDXL fine-tuning path end to end: a diffusers-layout SDXL folder (VAE codec),
+    LoRA added by the config, both encoders in the step, half the prompts dropped (zeros),
+    eval scenes sampled, a checkpoint restored, the export reloaded and sampled."""
     from test_text2img import write_tiny_sd
 
     from dreamlayer_jax.pipeline.components import is_dreamlayer_param
@@ -143,9 +125,13 @@ def test_lora_fine_tuning_of_a_plain_sdxl_folder_exports_its_adapters(tmp_path):
     folder = write_tiny_sd(tmp_path / "plain", sdxl=True)
     cfg = TrainConfig(**small_train_fields(
         folder, num_steps=2, checkpoint_every=2, train_params="dreamlayer",
-        dreamlayer={"lora_rank": 2, "max_layers": 4}))
+        dreamlayer={"lora_rank": 2, "max_layers": 4}, prompt_dropout=0.5, sample_every=2,
+        eval_scenes=2, sample_steps=2))
     trainer = Trainer(cfg, tmp_path / "run", mesh=make_mesh(1, 1, 1, devices=jax.devices()[:1]))
-    trainer.run()
+    assert len(trainer.text_params) == 2
+    history = trainer.run()
+    assert [s for s, _ in history] == [1, 2] and all(np.isfinite(l) for _, l in history)
+    assert list((tmp_path / "run" / "samples").glob("*.png"))  # eval grid sampled at step 2
     # the checkpoint (EMA over the adapters only) restores as saved
     state, _, step = trainer.restore(Checkpointer(tmp_path / "run", keep=1))
     assert step == 2
@@ -153,6 +139,9 @@ def test_lora_fine_tuning_of_a_plain_sdxl_folder_exports_its_adapters(tmp_path):
                  jax.device_get(trainer.state.ema))
     exported = DreamLayerPipeline.from_pretrained(tmp_path / "run" / "export")
     assert exported.config.lora_rank == 2 and exported.conditioner.is_sdxl
+    assert exported.conditioner.force_zeros_for_empty_prompt
+    result = exported(SCENE, num_inference_steps=2, seed=0)
+    assert np.isfinite(result.layers[0]).all()
     base = DreamLayerPipeline.from_pretrained(folder, dreamlayer={"lora_rank": 2})
     new, old = (jax.tree_util.tree_leaves_with_path(nnx_params(p.unet))
                 for p in (exported, base))
