@@ -20,7 +20,8 @@ what limits it ("bound" column).
 
     python benchmarks/model_flops.py                      # configs/builtin.py's architecture
     python benchmarks/model_flops.py --repeats 10 --peak-size 1024
-    python benchmarks/model_flops.py --sd15               # SD1.5's UNet, 32x32x4 latents
+    python benchmarks/model_flops.py --sd15 --batch 1 --layers 3 --train-params dreamlayer \
+        --lora-rank 32                                    # SD1.5's UNet, 32x32x4 latents
 
 Models are random folders written by `create_model_folder` to a temporary directory:
 default, `ARCHITECTURE` of configs/builtin.py (32x32 RGBA pixels unshuffled by 2 into
@@ -129,6 +130,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--peak-size", type=int, default=2048, help="matmul side for peak")
     parser.add_argument("--bandwidth-mib", type=int, default=256, help="copy size for peak")
+    parser.add_argument("--train-params", choices=("all", "dreamlayer"), default="all",
+                        help="dreamlayer: LoRA + role embedding on a frozen base")
+    parser.add_argument("--lora-rank", type=int, default=0)
     args = parser.parse_args(argv)
 
     n = args.peak_size
@@ -162,7 +166,9 @@ def main(argv: list[str] | None = None) -> None:
         res = pipe.config.resolution
         cfg = TrainConfig(model=str(folder), batch_size=args.batch, max_layers=args.layers,
                           synthetic_scenes=max(8, args.batch), synthetic_resolution=res,
-                          num_steps=2, progress=False, export=False)
+                          num_steps=2, progress=False, export=False,
+                          train_params=args.train_params,
+                          dreamlayer={"lora_rank": args.lora_rank})
         trainer = Trainer(cfg, Path(tmp) / "run",
                           mesh=make_mesh(1, 1, 1, devices=jax.devices()[:1]))
         batch = trainer.device_batch(next(trainer.make_iterator()))
@@ -174,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     b, l = args.batch, args.layers
     calls = [(f"jnp.dot {n}x{n} f32 (peak)", 2.0 * n**3, n * n * 4 * 3.0, dot_s),
              (f"{name} guided step B={b} L={l}", *step),
-             (f"{name} train step B={b} L={l}", *train)]
+             (f"{name} train step ({args.train_params}) B={b} L={l}", *train)]
     rows, floors = [], []
     for what, flops, nbytes, seconds in calls:
         achieved = flops / seconds
