@@ -52,8 +52,9 @@ def load_dreamlayer_unet(folder: Path, dtype: jnp.dtype = jnp.float32,
     A plain Stable Diffusion folder gets DreamLayer's defaults, drawn at the base model's
     own resolution (the UNet's `sample_size` times the VAE's downscale: 512 for SD 1.5,
     1024 for SDXL). `overrides` replace fields of the folder's `DreamLayerConfig` (e.g.
-    `{"lora_rank": 16, "max_layers": 6}` to fine-tune a plain folder with LoRA); LoRA
-    adapters are added fresh, so a folder that already has some keeps its rank.
+    `{"lora_rank": 16, "max_layers": 6}` to fine-tune a plain folder with LoRA). A folder
+    without adapters gets fresh ones; one with adapters keeps them, and asking for
+    another rank or alpha is a ConfigError.
     """
     extra = folder / DREAMLAYER
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", dtype=dtype)
