@@ -57,9 +57,9 @@ def model_config(resolution: int, max_layers: int) -> dict:
 
 
 def layer_context(pipe: DreamLayerPipeline, num_layers: int, switches: bool
-                  ) -> tuple[LayerContext, jax.Array]:
+                  ) -> tuple[LayerContext, LayerContext]:
     """One scene of `num_layers` layers (background, `num_layers - 2` foregrounds in
-    overlapping boxes, global) and its empty-prompt text, all slots valid."""
+    overlapping boxes, global), all slots valid, and its unconditional context."""
     k = num_layers - 2
     boxes = [(0.0, 0.0, 1.0, 1.0)] + [(i / (k + 1), 0.2, (i + 2) / (k + 1), 0.8)
                                       for i in range(k)] + [(0.0, 0.0, 1.0, 1.0)]
@@ -69,7 +69,7 @@ def layer_context(pipe: DreamLayerPipeline, num_layers: int, switches: bool
     ctx = LayerContext(layer_valid=valid, roles=make_roles(valid), boxes=jnp.asarray([boxes]),
                        text=text, caca=switches, lssa=switches,
                        box_margin=pipe.config.box_margin)
-    return ctx, jnp.broadcast_to(pipe.encode_prompts([""])[None], text.shape)
+    return ctx, ctx.replace(text=jnp.broadcast_to(pipe.encode_prompts([""])[None], text.shape))
 
 
 @partial(jax.jit, static_argnames=("graphdef",))

@@ -30,16 +30,13 @@ from dreamlayer_jax.schedulers.base import SamplingPlan, Scheduler
 from dreamlayer_jax.schedulers.loop import sample_loop
 
 
-def guided(unet: DreamLayerUNet, ctx: LayerContext, uncond: LayerContext | jax.Array,
+def guided(unet: DreamLayerUNet, ctx: LayerContext, uncond: LayerContext,
            guidance: jax.Array, sharding: NamedSharding | None = None):
     """`model_fn(x[B, L, h, w, c], t, i)` with classifier-free guidance batched as `2B`.
 
-    `uncond` is the unconditional branch's context (the same layers with empty prompts,
-    `DreamLayerPipeline.layer_context`), or just its text `[B, L, T, D]` where the model
-    has no added conditioning.
+    `uncond` is the unconditional branch's context: the same layers with empty prompts
+    (`DreamLayerPipeline.layer_context`).
     """
-    if not isinstance(uncond, LayerContext):
-        uncond = ctx.replace(text=uncond)
     uncond = uncond.replace(text=uncond.text.astype(ctx.text.dtype))
     both = jax.tree.map(lambda u, c: jnp.concatenate([u, c]), uncond, ctx)
 
@@ -63,7 +60,7 @@ def sample_layers(
     sched: Scheduler,
     plan: SamplingPlan,
     ctx: LayerContext,
-    uncond: LayerContext | jax.Array,
+    uncond: LayerContext,
     x: jax.Array,
     guidance: jax.Array,
     key: jax.Array,
