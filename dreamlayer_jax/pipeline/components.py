@@ -70,8 +70,8 @@ def load_dreamlayer_unet(folder: Path, dtype: jnp.dtype = jnp.float32,
     model = DreamLayerUNet(unet, config, rngs=nnx.Rngs(0))
     if has_saved:
         update_from_torch(model, load_state_dict(extra), what=f"DreamLayer ({extra})",
-                          include=lambda p: str(p[0]) == "role_embedding" or (
-                              saved.lora_rank > 0 and is_lora_path(p)))
+                          include=lambda p: is_dreamlayer_param(p) and (
+                              saved.lora_rank > 0 or not is_lora_path(p)))
     return model
 
 
