@@ -3,8 +3,15 @@
 Layout (DESIGN.md section 1): layers on axis 1 of `[B, L, ...]`; slot `0` is the
 background, slots `1 .. L-2` foregrounds in paint order, slot `L-1` the global layer.
 Scenes with fewer foregrounds are padded; `layer_valid` is False on padded slots.
-The arrays are pytree leaves (shardable over `("data", "layer")`); the switches are
-static, so each combination compiles once.
+The arrays are pytree leaves (shardable over `("data", "layer")`); the switches and the
+variant are static, so each combination compiles once.
+
+Two variants share this context and the UNet (DESIGN.md sections 2 and 8):
+- "box": CACA and LSSA masked by the foregrounds' boxes (`attention.box`);
+- "paper": no box needed; context maps read off the global layer's cross-attention at
+  the context blocks, all-layer LSSA in the up blocks with the early context-map blend
+  (`attention.paper`). `DreamLayerUNet` fills `timesteps` and, between the down and the
+  up path, `context_maps` (and sets `phase="up"`).
 """
 
 from __future__ import annotations
@@ -14,10 +21,16 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 from flax import struct
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from dreamlayer_jax.attention import paper
 from dreamlayer_jax.attention.backends import attend
-from dreamlayer_jax.attention.layer_attention import AttendFn, caca_attention, lssa_attention
+from dreamlayer_jax.attention.box import caca_attention, lssa_attention
 from dreamlayer_jax.attention.masks import ROLE_BACKGROUND, ROLE_FOREGROUND, ROLE_GLOBAL
+from dreamlayer_jax.models.attention import AttendFn
+
+VARIANTS = ("box", "paper")
 
 
 @struct.dataclass
@@ -35,6 +48,19 @@ class LayerContext:
       caca, lssa, lssa_scope, box_margin: static switches (DESIGN.md section 2).
       attention_backend: the concrete kernel of every attention call ("xla", "cudnn" or
         "splash"; `attention.backends.resolve_backend` turns "auto" into one).
+
+    The paper variant's (None / unused in the box variant):
+      token_owner: `int32[B, T]` the slot each token of the global layer's concatenated
+        prompt belongs to, -1 for specials and padding (`pipeline.paper_prompts`).
+      own_tokens: `bool[B, L, T]` the tokens of each layer's own prompt.
+      layer_mask: `bool[B, L, L]` which layers each layer's LSSA reads; None = the valid
+        ones (decomposition's inversion passes eq. 15's mask).
+      timesteps: `[B]` the scenes' timesteps (set by the UNet; the blend reads them).
+      context_maps: `[B, L, hm, wm]` the refined context maps, set for the up path.
+      context_sizes: static `(h, w)` of the context blocks; blend_until: `T_G`.
+      phase: static, "down" (down path and mid block) or "up".
+      mesh, layer_parallel: LSSA partitioned over the mesh's "layer" axis when its size
+        is > 1, by "allgather" or "ring" (`parallel.layer_attention`).
     """
 
     layer_valid: jax.Array
@@ -42,11 +68,22 @@ class LayerContext:
     boxes: jax.Array
     text: jax.Array
     added: dict[str, jax.Array] | None = None
+    token_owner: jax.Array | None = None
+    own_tokens: jax.Array | None = None
+    layer_mask: jax.Array | None = None
+    timesteps: jax.Array | None = None
+    context_maps: jax.Array | None = None
     caca: bool = struct.field(pytree_node=False, default=True)
     lssa: bool = struct.field(pytree_node=False, default=True)
     lssa_scope: Literal["global", "all"] = struct.field(pytree_node=False, default="global")
     box_margin: float = struct.field(pytree_node=False, default=0.05)
     attention_backend: str = struct.field(pytree_node=False, default="xla")
+    variant: Literal["box", "paper"] = struct.field(pytree_node=False, default="box")
+    context_sizes: tuple[tuple[int, int], ...] = struct.field(pytree_node=False, default=())
+    blend_until: float = struct.field(pytree_node=False, default=850.0)
+    phase: Literal["down", "up"] = struct.field(pytree_node=False, default="down")
+    mesh: Mesh | None = struct.field(pytree_node=False, default=None)
+    layer_parallel: str = struct.field(pytree_node=False, default="allgather")
 
     @property
     def num_layers(self) -> int:
@@ -61,11 +98,34 @@ class LayerContext:
         """A copy with other switch values (caca, lssa, lssa_scope, box_margin)."""
         return self.replace(**switches)
 
+    @property
+    def uses_context_maps(self) -> bool:
+        """Whether this forward pass extracts context maps (paper variant with CACA)."""
+        return self.variant == "paper" and self.caca
+
+    def lssa_layer_mask(self) -> jax.Array:
+        """`bool[B, L, L]`: the layers each layer's paper LSSA reads."""
+        if self.layer_mask is not None:
+            return self.layer_mask & self.layer_valid[:, None, :]
+        return jnp.broadcast_to(self.layer_valid[:, None, :], (*self.layer_valid.shape,
+                                                               self.num_layers))
+
+    def mix_hidden(self, x: jax.Array) -> jax.Array:
+        """A transformer's input `x[B*L, h, w, C]` before its blocks: the paper's early
+        context-map blend in the up path while `t >= T_G`; unchanged otherwise."""
+        if not (self.phase == "up" and self.lssa and self.context_maps is not None):
+            return x
+        return paper.context_blend(x, self.context_maps, self.timesteps >= self.blend_until)
+
     def attention_fns(self, h: int, w: int) -> tuple[AttendFn, AttendFn]:
         """The (self, cross) attention functions for a block at spatial size `h x w`.
 
-        A mechanism switched off is plain per-layer attention on the same backend.
+        A mechanism switched off is plain per-layer attention on the same backend. In
+        the paper variant a cross function at a context block returns `(out, record)`
+        (`attention.paper.cross_attention_with_maps`).
         """
+        if self.variant == "paper":
+            return self._paper_fns(h, w)
         backend = self.attention_backend
 
         def self_fn(q, k, v):
@@ -79,6 +139,36 @@ class LayerContext:
             return attend(q, k, v, backend=backend)
 
         return self_fn, cross_fn
+
+    def _paper_fns(self, h: int, w: int) -> tuple[AttendFn, AttendFn]:
+        backend = self.attention_backend
+
+        def plain(q, k, v):
+            return attend(q, k, v, backend=backend)
+
+        self_fn = cross_fn = plain
+        if self.lssa and self.phase == "up":
+            def self_fn(q, k, v):
+                return paper.all_layer_lssa(q, k, v, self.lssa_layer_mask(), backend=backend,
+                                            mesh=self.mesh, method=self.layer_parallel)
+        if self.uses_context_maps and self.phase == "down" and (h, w) in self.context_sizes:
+            def cross_fn(q, k, v):
+                return paper.cross_attention_with_maps(
+                    q, k, v, num_layers=self.num_layers, token_owner=self.token_owner,
+                    own_tokens=self.own_tokens, h=h, w=w)
+        return self_fn, cross_fn
+
+    def shardings(self, mesh: Mesh) -> LayerContext:
+        """A pytree of `NamedSharding`s like this context: `[B, L, ...]` arrays over
+        `("data", "fsdp") x "layer"`, `token_owner [B, T]` and `timesteps [B]` over the
+        batch axes only."""
+        def spec(path, a):
+            name = getattr(path[0], "name", getattr(path[0], "key", ""))
+            layer_axis = () if name in ("token_owner", "timesteps") else ("layer",)
+            axes = (("data", "fsdp"), *layer_axis)[: a.ndim]
+            return NamedSharding(mesh, P(*axes))
+
+        return jax.tree_util.tree_map_with_path(spec, self)
 
 
 def make_roles(layer_valid: jax.Array) -> jax.Array:

@@ -78,9 +78,10 @@ class BasicTransformerBlock(nnx.Module):
         *,
         self_attend: AttendFn | None = None,
         cross_attend: AttendFn | None = None,
+        num_layers: int | None = None,
     ) -> jax.Array:
-        x = x + self.attn1(self.norm1(x), attend=self_attend)
-        x = x + self.attn2(self.norm2(x), context, attend=cross_attend)
+        x = x + self.attn1(self.norm1(x), attend=self_attend, num_layers=num_layers)
+        x = x + self.attn2(self.norm2(x), context, attend=cross_attend, num_layers=num_layers)
         return x + self.ff(self.norm3(x))
 
 
@@ -89,7 +90,8 @@ class Transformer2DModel(nnx.Module):
     projection out, residual: `x[N, H, W, C]`, `context[N, Tc, context_dim]` -> `[N, H, W, C]`.
 
     The projections are 1x1 convs, or linears with `use_linear_projection` (SD 2.x, SDXL).
-    With a `layer_ctx`, its `attention_fns(H, W)` supply every block's attention kernels.
+    With a `layer_ctx`, its `mix_hidden` rewrites the input first (the paper variant's
+    early blend) and its `attention_fns(H, W)` supply every block's attention kernels.
     """
 
     def __init__(
@@ -132,13 +134,16 @@ class Transformer2DModel(nnx.Module):
         layer_ctx: LayerAttentionContext | None = None,
     ) -> jax.Array:
         n, h, w, _ = x.shape
+        self_attend = cross_attend = num_layers = None
+        if layer_ctx is not None:
+            x = layer_ctx.mix_hidden(x)
+            self_attend, cross_attend = layer_ctx.attention_fns(h, w)
+            num_layers = layer_ctx.num_layers
         residual = x
         x = self.proj_in(self.norm(x))  # a 1x1 conv and a linear agree on NHWC
         x = x.reshape(n, h * w, x.shape[-1])
-        self_attend = cross_attend = None
-        if layer_ctx is not None:
-            self_attend, cross_attend = layer_ctx.attention_fns(h, w)
         for block in self.transformer_blocks:
-            x = block(x, context, self_attend=self_attend, cross_attend=cross_attend)
+            x = block(x, context, self_attend=self_attend, cross_attend=cross_attend,
+                      num_layers=num_layers)
         x = self.proj_out(x.reshape(n, h, w, x.shape[-1]))
         return x + residual

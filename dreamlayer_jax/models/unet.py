@@ -7,13 +7,15 @@ the DreamLayer layer-axis UNet builds on:
 
 - `extra_emb[N, time_embed_dim]` is added to the time embedding (after SDXL's
   `add_embedding`), before any resnet sees it: the learned layer-role embedding.
-- `layer_ctx` (a `LayerAttentionContext`) goes unchanged to every `Transformer2DModel`,
-  which takes its attention kernels from `layer_ctx.attention_fns(h, w)`.
+- `layer_ctx` (a `LayerAttentionContext`) goes to every `Transformer2DModel`, which
+  takes its attention kernels from `layer_ctx.attention_fns(h, w)`; `after_mid`, if
+  given, replaces it between the mid block and the up path (the paper variant turns
+  what the down path recorded into context maps there).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import ClassVar
 
 import jax
@@ -116,6 +118,7 @@ class UNet2DConditionModel(PretrainedMixin, nnx.Module):
         *,
         extra_emb: jax.Array | None = None,
         layer_ctx: LayerAttentionContext | None = None,
+        after_mid: Callable[[LayerAttentionContext], LayerAttentionContext] | None = None,
     ) -> jax.Array:
         """Predict the model output `[N, H, W, out_channels]` for `sample[N, H, W, in_channels]`.
 
@@ -125,6 +128,7 @@ class UNet2DConditionModel(PretrainedMixin, nnx.Module):
           added_cond_kwargs: SDXL only: `{"text_embeds": [N, P], "time_ids": [N, 6]}`.
           extra_emb: `[N, time_embed_dim]` added to the time embedding.
           layer_ctx: supplies the attention kernels of every transformer block.
+          after_mid: `layer_ctx -> layer_ctx` for the up path.
         """
         c = self.config
         self._check_inputs(sample, timesteps, encoder_hidden_states, added_cond_kwargs, extra_emb)
@@ -146,6 +150,8 @@ class UNet2DConditionModel(PretrainedMixin, nnx.Module):
             x, block_skips = block(x, emb, context, layer_ctx=layer_ctx)
             skips.extend(block_skips)
         x = self.mid_block(x, emb, context, layer_ctx=layer_ctx)
+        if after_mid is not None:
+            layer_ctx = after_mid(layer_ctx)
 
         # Sizes that don't halve evenly all the way down are restored exactly on the way up.
         factor = 2 ** (c.num_blocks - 1)

@@ -4,7 +4,8 @@
     unet/  text_encoder/  tokenizer/  scheduler/       (a Stable Diffusion folder)
     vae/  [transparency_decoder/]                       (codec "latent")
     dreamlayer/config.json, diffusion_pytorch_model.safetensors
-        (DreamLayerConfig; role embedding and LoRA adapters)
+        (DreamLayerConfig; role embedding and LoRA adapters; paper variant: the layer
+        assign embedding, the context-aware layers and the foreground K/V pairs)
 
 A plain Stable Diffusion folder (no `dreamlayer/`) loads with DreamLayer's defaults: a
 zero role embedding and no LoRA, i.e. the pretrained model unchanged.
@@ -40,9 +41,19 @@ from dreamlayer_jax.models.vae import AutoencoderKL
 DREAMLAYER = "dreamlayer"
 
 
+DREAMLAYER_ROOTS = ("role_embedding", "layer_assign", "context_layers")
+
+
+def is_foreground_kv_path(path: tuple[Any, ...]) -> bool:
+    """Whether an nnx state path belongs to a paper-variant foreground K/V pair."""
+    return any(str(p) in ("to_k_fg", "to_v_fg") for p in path)
+
+
 def is_dreamlayer_param(path: tuple[Any, ...]) -> bool:
-    """DreamLayer's own parameters: the role embedding and LoRA adapters."""
-    return str(path[0]) == "role_embedding" or is_lora_path(path)
+    """DreamLayer's own parameters: the role embedding and LoRA adapters; the paper
+    variant's layer assign embedding, context-aware layers and foreground K/V pairs."""
+    return (str(path[0]) in DREAMLAYER_ROOTS or is_lora_path(path)
+            or is_foreground_kv_path(path))
 
 
 def load_dreamlayer_unet(folder: Path, dtype: jnp.dtype = jnp.float32,
@@ -99,7 +110,8 @@ def load_codec(folder: Path, config: DreamLayerConfig, dtype: jnp.dtype = jnp.fl
 def save_dreamlayer_unet(model: DreamLayerUNet, folder: str | os.PathLike) -> None:
     """Write `unet/` (base weights, diffusers names) and `dreamlayer/` (the rest)."""
     folder = Path(folder)
-    model.unet.save_pretrained(folder / "unet", include=lambda p: not is_lora_path(p))
+    model.unet.save_pretrained(folder / "unet", include=lambda p: not (
+        is_lora_path(p) or is_foreground_kv_path(p)))
     extra = folder / DREAMLAYER
     extra.mkdir(parents=True, exist_ok=True)
     config = {"_class_name": "DreamLayerUNet", **model.config.__dict__}

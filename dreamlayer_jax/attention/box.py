@@ -1,4 +1,4 @@
-"""CACA and LSSA (DESIGN.md section 2) as masked attention.
+"""The box variant's CACA and LSSA (DESIGN.md section 2) as masked attention.
 
 Every function takes the projections of one attention block with layers folded into
 the batch, `q[B*L, N, H, d]` and `k, v[B*L, S, H, d]`, and returns `[B*L, N, H, d]`.
@@ -14,7 +14,7 @@ key/value tensor and one mask, so for them the keys are concatenated as before.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Literal, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -31,12 +31,25 @@ from dreamlayer_jax.attention.softmax import (
     shared_kv_attention,
     xla_attention,
 )
-from dreamlayer_jax.models.attention import AttendFn
 
-if TYPE_CHECKING:
-    from dreamlayer_jax.attention.context import LayerContext
+__all__ = ["BoxLayout", "caca_attention", "lssa_attention"]
 
-__all__ = ["AttendFn", "caca_attention", "lssa_attention"]
+
+class BoxLayout(Protocol):
+    """What the box mechanisms read of a batch of scenes (`LayerContext` is one).
+
+    `layer_valid bool[B, L]`, `roles int32[B, L]`, `boxes float32[B, L, 4]`; the rest static.
+    """
+
+    layer_valid: jax.Array
+    roles: jax.Array
+    boxes: jax.Array
+    box_margin: float
+    attention_backend: str
+    lssa_scope: Literal["global", "all"]
+
+    @property
+    def num_layers(self) -> int: ...
 
 
 def _unfold(x: jax.Array, num_layers: int) -> jax.Array:
@@ -49,7 +62,7 @@ def _fold(x: jax.Array) -> jax.Array:
     return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
 
 
-def _global_visibility(ctx: LayerContext, h: int, w: int) -> jax.Array:
+def _global_visibility(ctx: BoxLayout, h: int, w: int) -> jax.Array:
     """`bool[B, L, N]`: which of the global layer's tokens each layer's queries may read.
 
     A foreground reads the global tokens inside its region, the background those
@@ -62,7 +75,7 @@ def _global_visibility(ctx: LayerContext, h: int, w: int) -> jax.Array:
 
 
 def lssa_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, ctx: LayerContext, h: int, w: int
+    q: jax.Array, k: jax.Array, v: jax.Array, ctx: BoxLayout, h: int, w: int
 ) -> jax.Array:
     """Layer-Shared Self-Attention: `softmax(Q_l [K_l; K_g]^T / sqrt(d)) [V_l; V_g]`.
 
@@ -108,7 +121,7 @@ def lssa_attention(
 
 
 def caca_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, ctx: LayerContext, h: int, w: int
+    q: jax.Array, k: jax.Array, v: jax.Array, ctx: BoxLayout, h: int, w: int
 ) -> jax.Array:
     """Context-Aware Cross-Attention.
 
