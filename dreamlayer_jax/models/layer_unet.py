@@ -156,6 +156,7 @@ class DreamLayerUNet(nnx.Module):
         text = ctx.text
         aux: dict[str, jax.Array] = {}
         after_mid = None
+        unet = self.unet
         if self.config.variant == "paper":
             text = text + self._assign_embeddings(num_layers).astype(text.dtype)
             ctx = ctx.replace(variant="paper", blend_until=self.config.blend_until,
@@ -166,8 +167,12 @@ class DreamLayerUNet(nnx.Module):
                     raise InputError("the paper variant's CACA needs the LayerContext's "
                                      "token_owner and own_tokens (pipeline.paper_prompts)")
 
+                # The context blocks sow their records into the UNet: a copy made at this
+                # trace level (the caller may hold the model outside a scan or a grad).
+                unet = nnx.merge(*nnx.split(self.unet))
+
                 def after_mid(c: LayerContext) -> LayerContext:
-                    aux.update(self._context_maps(c))
+                    aux.update(self._context_maps(c, _pop_records(unet)))
                     return c.replace(phase="up", context_maps=jnp.clip(aux["context_maps"],
                                                                        0.0, 1.0))
             else:
@@ -177,7 +182,7 @@ class DreamLayerUNet(nnx.Module):
         added = None
         if ctx.added is not None:
             added = {k: v.reshape(n, *v.shape[2:]) for k, v in ctx.added.items()}
-        out = self.unet(latents.reshape(n, *latents.shape[2:]), t.reshape(n),
+        out = unet(latents.reshape(n, *latents.shape[2:]), t.reshape(n),
                         text.reshape(n, *text.shape[2:]), added, extra_emb=extra,
                         layer_ctx=ctx, after_mid=after_mid)
         out = out.reshape(b, num_layers, *out.shape[1:])
@@ -199,9 +204,9 @@ class DreamLayerUNet(nnx.Module):
                 size = ((size[0] + 1) // 2, (size[1] + 1) // 2)
         return tuple(sizes)
 
-    def _context_maps(self, ctx: LayerContext) -> dict[str, jax.Array]:
+    def _context_maps(self, ctx: LayerContext, records: list[dict[str, jax.Array]]
+                      ) -> dict[str, jax.Array]:
         """Turn what the context blocks recorded into the maps (`return_aux`'s keys)."""
-        records = _pop_records(self.unet)
         if not records:
             raise InputError("no context block ran: the latents are too small for the "
                              "model's context_blocks")

@@ -24,6 +24,7 @@ from dreamlayer_jax.parallel.mesh import layer_sharding, replicated
 from dreamlayer_jax.pipeline.components import load_codec, load_dreamlayer_unet
 from dreamlayer_jax.pipeline.irh import IRHSettings
 from dreamlayer_jax.pipeline.layer_sampler import sample_layers
+from dreamlayer_jax.pipeline.paper_prompts import LayerTokens, check_overflow, concat_layer_tokens
 from dreamlayer_jax.pipeline.progress import ProgressHook
 from dreamlayer_jax.pipeline.result import LayeredResult
 from dreamlayer_jax.pipeline.scene import FULL_BOX, Scene
@@ -107,7 +108,13 @@ class DreamLayerPipeline:
                       lssa_scope: str = "global") -> tuple[LayerContext, LayerContext]:
         """The batch's `LayerContext` (padded to the largest scene) and the unconditional
         branch's: the same layers with empty prompts (zeros where SDXL's
-        `force_zeros_for_empty_prompt` says so)."""
+        `force_zeros_for_empty_prompt` says so).
+
+        Box variant: every foreground needs a box. Paper variant: a box is optional (a
+        prior on the layer's context map), and the global layer reads the layers'
+        prompts concatenated (`paper_prompts`; too long a concatenation is refused).
+        """
+        paper = self.config.variant == "paper"
         num_layers = max(len(s.layers) for s in scenes) + 2
         valid = np.zeros((len(scenes), num_layers), bool)
         boxes = np.tile(np.array(FULL_BOX, np.float32), (len(scenes), num_layers, 1))
@@ -116,20 +123,54 @@ class DreamLayerPipeline:
             k = len(scene.layers)
             valid[b, : k + 1] = valid[b, -1] = True
             for i, layer in enumerate(scene.layers, start=1):
-                boxes[b, i] = layer.box
+                if layer.box is None and not paper:
+                    raise InputError(f"foreground {i} ({layer.prompt!r}) has no box, and this "
+                                     "model (box variant) places every foreground in a box: "
+                                     "give one, e.g. --layer 'a red star@0.1,0.5,0.45,0.9'")
+                if layer.box is not None:
+                    boxes[b, i] = layer.box
             slots = [scene.background, *(l.prompt for l in scene.layers)]
-            prompts += slots + [""] * (num_layers - 1 - len(slots)) + [scene.prompt]
+            # paper: the global slot's ids are rebuilt from the layers' prompts below
+            prompts += slots + [""] * (num_layers - 1 - len(slots)) + [
+                "" if paper else scene.prompt]
         per_layer = (len(scenes), num_layers)
+        layer_valid = jnp.asarray(valid)
+        paper_fields: dict[str, Any] = {}
+        ids = None
+        if paper:
+            tokens = self._paper_tokens(prompts, layer_valid, per_layer)
+            check_overflow(tokens[0], self.conditioner.max_length)
+            ids = [t.ids.reshape(-1, t.ids.shape[-1]) for t in tokens]
+            paper_fields = {"token_owner": tokens[0].token_owner,
+                            "own_tokens": tokens[0].own_tokens}
+        for prompt in self.conditioner.truncated(prompts):
+            warnings.warn(f"prompt truncated to {self.conditioner.max_length} tokens: "
+                          f"{prompt[:40]!r}...", stacklevel=2)
+        size = (self.config.resolution, self.config.resolution)
         text, added = jax.tree.map(lambda a: a.reshape(*per_layer, *a.shape[1:]),
-                                   self.condition(prompts))
+                                   self.conditioner(prompts, size, ids=ids))
         empty = jax.tree.map(lambda a: jnp.broadcast_to(a, (*per_layer, *a.shape[1:])),
                              self.condition([""], zero_empty=True))
-        layer_valid = jnp.asarray(valid)
         ctx = LayerContext(layer_valid=layer_valid, roles=make_roles(layer_valid),
                            boxes=jnp.asarray(boxes), text=text, added=added, caca=caca,
                            lssa=lssa, lssa_scope=lssa_scope, box_margin=self.config.box_margin,
-                           attention_backend=resolve_backend(self.config.attention_backend))
-        return ctx, ctx.replace(text=empty[0], added=empty[1])
+                           attention_backend=resolve_backend(self.config.attention_backend),
+                           variant=self.config.variant, **paper_fields)
+        uncond = ctx.replace(text=empty[0], added=empty[1])
+        if paper:  # no prompt: no token belongs to any layer
+            uncond = uncond.replace(token_owner=jnp.full_like(ctx.token_owner, -1),
+                                    own_tokens=jnp.zeros_like(ctx.own_tokens))
+        return ctx, uncond
+
+    def _paper_tokens(self, prompts: Sequence[str], layer_valid: jax.Array,
+                      per_layer: tuple[int, int]) -> list[LayerTokens]:
+        """Each tokenizer's ids `[B, L, T]` with the global slot rebuilt from the layers."""
+        out = []
+        for ids, (eos, pad) in zip(self.conditioner.tokenize(prompts),
+                                   self.conditioner.special_ids(), strict=True):
+            ids = jnp.asarray(ids).reshape(*per_layer, -1)
+            out.append(concat_layer_tokens(ids, layer_valid, eos_id=eos, pad_id=pad))
+        return out
 
     def initial_noise(self, seeds: Sequence[int], num_layers: int, shape: tuple[int, ...]
                       ) -> jax.Array:
@@ -191,8 +232,7 @@ class DreamLayerPipeline:
         if mesh is not None:
             sharding = layer_sharding(mesh, x.ndim)
             x = jax.device_put(x, sharding)
-            ctx, uncond = jax.tree.map(
-                lambda a: jax.device_put(a, layer_sharding(mesh, a.ndim)), (ctx, uncond))
+            ctx, uncond = (jax.device_put(c, c.shardings(mesh)) for c in (ctx, uncond))
             params = jax.device_put(params, replicated(mesh))
         with self._progress.bar(plan.num_steps - start, enabled=progress):
             return sample_layers(

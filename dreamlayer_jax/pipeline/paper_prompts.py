@@ -13,8 +13,6 @@ longer than the encoder's length is never cut silently: sampling refuses it
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -84,14 +82,12 @@ def concat_layer_tokens(ids: jax.Array, layer_valid: jax.Array, *, eos_id: int,
                        lengths=(total + 2).astype(jnp.int32))
 
 
-def check_overflow(tokens: LayerTokens, max_length: int,
-                   prompts: Sequence[Sequence[str]] | None = None) -> None:
+def check_overflow(tokens: LayerTokens, max_length: int) -> None:
     """Raise `InputError` when a scene's concatenated prompt exceeds `max_length` tokens."""
     lengths = np.asarray(tokens.lengths)
     over = np.flatnonzero(lengths > max_length)
     if over.size:
         b = int(over[0])
-        which = f" ({'; '.join(prompts[b])})" if prompts is not None else ""
         raise InputError(f"the layer prompts of scene {b + 1} add up to {int(lengths[b])} "
-                         f"tokens{which}, but the global layer's concatenated prompt holds "
-                         f"{max_length}: shorten the prompts")
+                         f"tokens with [SOS] and [EOS], but the global layer's concatenated "
+                         f"prompt holds {max_length}: shorten the prompts")

@@ -128,19 +128,29 @@ class TextConditioner:
         return [p for p in prompts if p and any(
             len(tok(p)["input_ids"]) > tok.model_max_length for tok in self.tokenizers)]
 
+    def special_ids(self) -> list[tuple[int, int]]:
+        """`(eos_id, pad_id)` of each tokenizer."""
+        return [(int(tok.eos_token_id), int(tok.pad_token_id)) for tok in self.tokenizers]
+
     def encode(self, prompts: Sequence[str]) -> tuple[jax.Array, jax.Array | None]:
         """`(hidden [N, T, D], pooled [N, P] or None)` for a list of prompts."""
         if isinstance(prompts, str) or not prompts:
             raise InputError("encode expects a non-empty list of prompt strings")
-        ids = [jnp.asarray(i) for i in self.tokenize(prompts)]
-        return _encode_jit(self.graphdefs, self.params, ids)
+        return self.encode_ids([jnp.asarray(i) for i in self.tokenize(prompts)])
+
+    def encode_ids(self, ids: Sequence[jax.Array]) -> tuple[jax.Array, jax.Array | None]:
+        """`encode` from token ids, `int32[N, T]` for each tokenizer."""
+        return _encode_jit(self.graphdefs, self.params, [jnp.asarray(i) for i in ids])
 
     def __call__(self, prompts: Sequence[str], size: tuple[int, int], *,
                  original_size: tuple[int, int] | None = None,
-                 crop_top_left: tuple[int, int] = (0, 0), zero_empty: bool = False
+                 crop_top_left: tuple[int, int] = (0, 0), zero_empty: bool = False,
+                 ids: Sequence[jax.Array] | None = None
                  ) -> tuple[jax.Array, AddedCond | None]:
-        """Encode `prompts` for images of `size = (height, width)` pixels."""
-        hidden, pooled = self.encode(prompts)
+        """Encode `prompts` for images of `size = (height, width)` pixels; `ids`, when
+        given, are their token ids (e.g. with a rebuilt global prompt) and are encoded
+        instead."""
+        hidden, pooled = self.encode(prompts) if ids is None else self.encode_ids(ids)
         if zero_empty and self.force_zeros_for_empty_prompt:
             keep = jnp.asarray([bool(p) for p in prompts])
             hidden, pooled = zero_where_empty(keep, hidden, pooled)
