@@ -25,6 +25,14 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_paper_model_dir(tmp_path_factory):
+    """`tiny_model_dir`'s model in the paper variant (no boxes needed)."""
+    from tiny_model import write_tiny_paper_model
+
+    return write_tiny_paper_model(tmp_path_factory.mktemp("tiny_paper") / "model")
+
+
+@pytest.fixture(scope="session")
 def tiny_pipe(tiny_model_dir):
     from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
 

@@ -33,6 +33,21 @@ def write_tiny_model(folder: Path, max_layers: int = 5, seed: int = 0) -> Path:
                     "box_margin": 0.0},
         scheduler=TINY_SCHEDULER, seed=seed)
 
+
+PAPER_FIELDS = {"variant": "paper", "context_width": 16, "context_heads": 2,
+                "context_layers": 1}
+
+
+def write_tiny_paper_model(folder: Path, max_layers: int = 5, seed: int = 0) -> Path:
+    """`write_tiny_model`'s model in the paper variant (docs/DESIGN.md): context maps
+    from its one cross-attention down block, one small context-aware layer; no box needed."""
+    return create_model_folder(
+        folder, unet=TINY_UNET, text_encoder=TINY_TEXT, words=WORDS,
+        dreamlayer={"max_layers": max_layers, "codec": "pixel", "resolution": 8,
+                    "box_margin": 0.0, **PAPER_FIELDS},
+        scheduler=TINY_SCHEDULER, seed=seed)
+
+
 # The training tests' model: one resolution level; 16x16 RGBA scenes pixel-unshuffled by
 # 2 into 8x8x16 latents, up to 2 foregrounds.
 SMALL_UNET = {**TINY_UNET, "in_channels": 16, "out_channels": 16,

@@ -1,4 +1,5 @@
-"""What the command-line tools share: one-line errors with exit code 2."""
+"""What the command-line tools share: one-line errors with exit code 2, and the
+arguments `sample.py` and its `decompose` / `edit` sub-commands have in common."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
 from dreamlayer_jax.errors import DreamLayerError, InputError, OutputError
+from dreamlayer_jax.pipeline.scene import Layer
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -57,6 +60,51 @@ def parse_box(text: str, what: str) -> tuple[float, float, float, float]:
     if len(values) != 4:
         raise InputError(f"{what}: box {text!r} must be four numbers x0,y0,x1,y1")
     return values  # type: ignore[return-value]
+
+
+def parse_layer_arg(text: str) -> Layer:
+    """`"a red ball@0.1,0.5,0.45,0.9"` -> `Layer` with that box; `"a red ball"` (no `@`)
+    -> a `Layer` without a box (a box-variant model refuses it, the paper variant needs
+    none). The box is what follows the last `@`."""
+    prompt, sep, box = text.rpartition("@")
+    if not sep:
+        return Layer(text.strip())
+    return Layer(prompt.strip(), parse_box(box, f"--layer {text!r}"))
+
+
+def add_sampling_args(p: ArgumentParser) -> None:
+    """The model and sampling flags of `sample.py` and `sample.py decompose`."""
+    p.add_argument("--model", default=None, help="model folder or hub id (default: built-in)")
+    p.add_argument("--steps", type=int, default=30, help="denoising steps")
+    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scheduler", default=None, help="ddim | ddpm | euler | euler_a | dpm++2m")
+    p.add_argument("--out", type=Path, default=None, help="output folder (new or empty)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def check_sampling_args(args: argparse.Namespace) -> None:
+    """Refuse bad sampling flags before anything is loaded."""
+    if args.steps < 1:
+        raise InputError(f"--steps must be a positive integer, got {args.steps}")
+    if not args.guidance >= 0:
+        raise InputError(f"--guidance must be >= 0, got {args.guidance}")
+    for name in ("irh_start", "irh_retain"):
+        value = getattr(args, name, None)
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise InputError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
+    restart, stop = getattr(args, "irh_restart", None), getattr(args, "irh_stop", None)
+    for name, value in (("--irh-restart", restart), ("--irh-stop", stop)):
+        if value is not None and not value >= 0:
+            raise InputError(f"{name} must be a timestep >= 0, got {value}")
+    if restart is not None and stop is not None and stop > restart:
+        raise InputError(f"--irh-stop {stop:g} (T_H') must not exceed --irh-restart "
+                         f"{restart:g} (T_H): IRH pastes the layers from T_H down to T_H'")
+
+
+def default_out() -> Path:
+    """`out/scene-<date>-<time>`, the output folder when `--out` is not given."""
+    return Path("out") / time.strftime("scene-%Y%m%d-%H%M%S")
 
 
 def check_output_folder(path: Path) -> None:

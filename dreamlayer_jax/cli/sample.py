@@ -1,22 +1,40 @@
 """`dreamlayer-sample` / `python sample.py`: generate a scene as layers.
 
     python sample.py                                   # the default scene, built-in model
-    python sample.py --prompt "..." --background "..." --layer "a red star@0.1,0.5,0.45,0.9"
+    python sample.py --background "..." --layer "a red star@0.1,0.5,0.45,0.9" [--prompt "..."]
+    python sample.py --model PAPER_MODEL --layer "a red star" --background "a blue wall"
     python sample.py --scene scene.json --model path/or/hub-id --steps 30 --out out/
     python sample.py decompose IMAGE --layer "text@x0,y0,x1,y1" --background TEXT
     python sample.py edit DIR --move 1:+0.1,-0.05 --scale 2:1.2 --delete 3 --out NEWDIR
 
-Bad input is one line on stderr and exit code 2, and nothing is written.
+A box (`@x0,y0,x1,y1`) is required by box-variant models and optional with
+paper-variant ones (a prior on the layer's context map there). Without `--prompt` the
+global prompt is composed from the layers. Bad input is one line on stderr and exit
+code 2, and nothing is written.
 """
 
 from __future__ import annotations
 
-import time
+import argparse
+import sys
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from dreamlayer_jax.cli.common import ArgumentParser, check_output_folder, parse_box, run_cli
+from dreamlayer_jax.cli.common import (
+    ArgumentParser,
+    add_sampling_args,
+    check_output_folder,
+    check_sampling_args,
+    default_out,
+    parse_layer_arg,
+    run_cli,
+)
 from dreamlayer_jax.errors import InputError
-from dreamlayer_jax.pipeline.scene import FULL_BOX, Layer, Scene
+from dreamlayer_jax.pipeline.scene import Layer, Scene
+
+if TYPE_CHECKING:
+    from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
 
 DEFAULT_SCENE = Scene(
     prompt="a small red star and a large green ring in front of a striped blue wall at sunset",
@@ -26,80 +44,90 @@ DEFAULT_SCENE = Scene(
 )
 
 
-def parse_layer_arg(text: str) -> Layer:
-    """`"a red ball@0.1,0.5,0.45,0.9"` -> Layer; without `@box` the whole canvas."""
-    prompt, sep, box = text.rpartition("@")
-    if not sep:
-        return Layer(text.strip(), FULL_BOX)
-    return Layer(prompt.strip(), parse_box(box, f"--layer {text!r}"))
-
-
-def _add_sampling_args(p: ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="model folder or hub id (default: built-in)")
-    p.add_argument("--steps", type=int, default=30, help="denoising steps")
-    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scheduler", default=None, help="ddim | ddpm | euler | euler_a | dpm++2m")
-    p.add_argument("--out", type=Path, default=None, help="output folder (new or empty)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="dreamlayer-sample", description=__doc__.split("\n\n")[0])
-    p.add_argument("--prompt", help="the global prompt (the whole picture)")
+    p.add_argument("--prompt", help="the global prompt (the whole picture); default: "
+                                    "composed from the layers (the paper variant reads the "
+                                    "layers' prompts instead)")
     p.add_argument("--background", help="the background's prompt")
-    p.add_argument("--layer", action="append", default=[], metavar="TEXT@x0,y0,x1,y1",
-                   help="a foreground (repeat; paint order = order given)")
+    p.add_argument("--layer", action="append", default=[], metavar="TEXT[@x0,y0,x1,y1]",
+                   help="a foreground (repeat; paint order = order given); the box is "
+                        "optional with paper-variant models")
     p.add_argument("--scene", type=Path, help="a scene.json instead of --prompt/--layer")
-    _add_sampling_args(p)
+    add_sampling_args(p)
     p.add_argument("--no-caca", action="store_true", help="switch off CACA")
     p.add_argument("--no-lssa", action="store_true", help="switch off LSSA")
     p.add_argument("--no-irh", action="store_true", help="switch off IRH")
-    p.add_argument("--irh-start", type=float, default=None)
-    p.add_argument("--irh-retain", type=float, default=None)
+    p.add_argument("--irh-start", type=float, default=None,
+                   help="box variant: IRH's start, a fraction of the steps from the end")
+    p.add_argument("--irh-retain", type=float, default=None,
+                   help="box variant: how hard IRH holds the layers' composite, in [0, 1]")
+    p.add_argument("--irh-restart", type=float, default=None, metavar="T",
+                   help="paper variant: T_H, the timestep IRH re-denoises from")
+    p.add_argument("--irh-stop", type=float, default=None, metavar="T",
+                   help="paper variant: T_H', the timestep IRH pastes the layers until")
     return p
 
 
-def scene_from_args(args) -> Scene:
+def scene_from_args(args: argparse.Namespace) -> Scene:
     if args.scene is not None:
-        if args.prompt or args.background or args.layer:
+        if args.prompt is not None or args.background is not None or args.layer:
             raise InputError("--scene cannot be combined with --prompt/--background/--layer")
         return Scene.from_json(args.scene)
     if args.prompt is None and args.background is None and not args.layer:
         return DEFAULT_SCENE
-    if args.prompt is None or args.background is None:
-        raise InputError("--prompt and --background are both needed (or --scene)")
-    return Scene(args.prompt, args.background, tuple(parse_layer_arg(t) for t in args.layer))
+    if args.prompt is not None and not args.prompt.strip():
+        raise InputError("--prompt must be a non-empty string (leave it out to compose the "
+                         "global prompt from the layers)")
+    if args.background is None:
+        raise InputError("--background is needed with --prompt or --layer (or give --scene)")
+    return Scene(args.prompt or "", args.background,
+                 tuple(parse_layer_arg(t) for t in args.layer))
 
 
-def _check_common(args) -> None:
-    if args.steps < 1:
-        raise InputError(f"--steps must be a positive integer, got {args.steps}")
-    if not args.guidance >= 0:
-        raise InputError(f"--guidance must be >= 0, got {args.guidance}")
-    for name in ("irh_start", "irh_retain"):
-        value = getattr(args, name, None)
-        if value is not None and not 0.0 <= value <= 1.0:
-            raise InputError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
+def check_against_model(pipe: DreamLayerPipeline, args: argparse.Namespace) -> None:
+    """What needs the loaded model: IRH's window, and a --prompt the model ignores.
+
+    (Too many layers, a box-variant model given a layer without a box and too long a
+    concatenated prompt are refused by the pipeline, before sampling.)"""
+    config = pipe.config
+    if config.variant != "paper":
+        return
+    restart = config.irh_restart if args.irh_restart is None else args.irh_restart
+    stop = config.irh_stop if args.irh_stop is None else args.irh_stop
+    if stop > restart:
+        raise InputError(f"IRH's window: T_H'={stop:g} (--irh-stop) must not exceed "
+                         f"T_H={restart:g} (--irh-restart)")
+    if args.prompt is not None:
+        warnings.warn("the paper variant's global layer reads the layers' prompts "
+                      "concatenated: --prompt is only recorded", stacklevel=2)
 
 
-def default_out() -> Path:
-    return Path("out") / time.strftime("scene-%Y%m%d-%H%M%S")
+def pipeline_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of `DreamLayerPipeline.__call__` the flags set (IRH's
+    window only when given: the model's `irh_restart` / `irh_stop` otherwise)."""
+    kwargs: dict[str, Any] = {
+        "num_inference_steps": args.steps, "guidance_scale": args.guidance, "seed": args.seed,
+        "caca": not args.no_caca, "lssa": not args.no_lssa, "irh": not args.no_irh,
+        "irh_start": args.irh_start, "irh_retain": args.irh_retain,
+        "progress": not args.no_progress}
+    for name in ("irh_restart", "irh_stop"):
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
+    return kwargs
 
 
-def _generate(argv: list[str] | None) -> int:
+def _generate(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    _check_common(args)
+    check_sampling_args(args)
     scene = scene_from_args(args)
     out = args.out or default_out()
     check_output_folder(out)
     from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
 
     pipe = DreamLayerPipeline.from_pretrained(args.model, scheduler=args.scheduler)
-    result = pipe(scene, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                  seed=args.seed, caca=not args.no_caca, lssa=not args.no_lssa,
-                  irh=not args.no_irh, irh_start=args.irh_start, irh_retain=args.irh_retain,
-                  progress=not args.no_progress)
+    check_against_model(pipe, args)
+    result = pipe(scene, **pipeline_kwargs(args))
     saved = result.save(out)
     print(f"wrote {len(result.layers)} foreground layers, background and composite to {saved}/")
     for name in sorted(p.name for p in saved.iterdir()):
@@ -108,8 +136,6 @@ def _generate(argv: list[str] | None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    import sys
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("decompose", "edit"):
         from dreamlayer_jax.cli.sample_edit import decompose_main, edit_main

@@ -1,36 +1,40 @@
-"""`sample.py decompose IMAGE ...` and `sample.py edit DIR ...`."""
+"""`sample.py decompose IMAGE ...` and `sample.py edit DIR ...`.
+
+`cli.sample` dispatches here; this module imports only `cli.common` (no cycle).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from dreamlayer_jax.cli.common import ArgumentParser, check_output_folder
+from dreamlayer_jax.cli.common import (
+    ArgumentParser,
+    add_sampling_args,
+    check_output_folder,
+    check_sampling_args,
+    default_out,
+    parse_layer_arg,
+)
+from dreamlayer_jax.errors import InputError
+from dreamlayer_jax.pipeline.scene import FULL_BOX, Layer
 
 
 def decompose_main(argv: list[str]) -> int:
-    from dreamlayer_jax.cli.sample import (
-        _add_sampling_args,
-        _check_common,
-        default_out,
-        parse_layer_arg,
-    )
-
     p = ArgumentParser(prog="dreamlayer-sample decompose",
                        description="Split a picture into layers (training-free).")
     p.add_argument("image", type=Path, help="the picture (PNG/JPEG; resized to the model's "
                                             "resolution with a warning)")
-    p.add_argument("--layer", action="append", default=[], metavar="TEXT@x0,y0,x1,y1")
+    p.add_argument("--layer", action="append", default=[], metavar="TEXT[@x0,y0,x1,y1]",
+                   help="a foreground (repeat); without a box it covers the whole picture")
     p.add_argument("--background", required=True, help="the background's prompt")
     p.add_argument("--prompt", default=None, help="the whole picture's prompt")
-    _add_sampling_args(p)
+    add_sampling_args(p)
     args = p.parse_args(argv)
-    _check_common(args)
+    check_sampling_args(args)
     layers = [parse_layer_arg(t) for t in args.layer]
     out = args.out or default_out()
     check_output_folder(out)
     if not args.image.is_file():
-        from dreamlayer_jax.errors import InputError
-
         raise InputError(f"image {str(args.image)!r} does not exist")
     # Decoded here, before the model loads: a bad file fails at once, and every PNG
     # flavour (16-bit, palette, grayscale) becomes 8-bit RGBA the same way scene files do.
@@ -40,6 +44,8 @@ def decompose_main(argv: list[str]) -> int:
     from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
 
     pipe = DreamLayerPipeline.from_pretrained(args.model, scheduler=args.scheduler)
+    if pipe.config.variant == "box":  # a layer given without a box covers the whole picture
+        layers = [Layer(l.prompt, FULL_BOX if l.box is None else l.box) for l in layers]
     result = pipe.decompose(image, layers, args.background, args.prompt,
                             num_inference_steps=args.steps, guidance_scale=args.guidance,
                             seed=args.seed, progress=not args.no_progress)
@@ -61,7 +67,6 @@ def edit_main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--out", type=Path, required=True, help="a new (or empty) folder")
     args = p.parse_args(argv)
-    from dreamlayer_jax.errors import InputError
     from dreamlayer_jax.pipeline.edit_ops import parse_edit_ops
 
     ops = parse_edit_ops(move=args.move, scale=args.scale, delete=args.delete,

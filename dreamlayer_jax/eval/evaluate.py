@@ -11,7 +11,7 @@ foregrounds (`layout`, `box_iou`, `colour`, `shape`, `alpha_iou`) or all scenes
 
 - `layout`: share of each generated foreground's alpha mass inside its box.
 - `box_iou`: IoU of each foreground's visible extent (alpha > 0.05) with its box
-  (does the object fill it?).
+  (does the object fill it?). Both skip foregrounds asked without a box.
 - `colour`, `shape`: share of foregrounds the ground-truth-trained classifier
   recognises as the asked colour / shape (layer fidelity).
 - `coherence_psnr`: PSNR of the global layer against the composite of the layers.
@@ -154,8 +154,9 @@ def score(pairs: Sequence[Pair], results: Sequence[LayeredResult],
         attributes = truth.meta["layer_attributes"]
         found = classifier.predict(result.layers)
         for layer, asked, attrs, guess in zip(result.layers, request.layers, attributes, found):
-            values["layout"].append(layout_alignment(layer, asked.box))
-            values["box_iou"].append(box_iou(layer, asked.box))
+            if asked.box is not None:  # a layer asked without a box has no layout to meet
+                values["layout"].append(layout_alignment(layer, asked.box))
+                values["box_iou"].append(box_iou(layer, asked.box))
             values["colour"].append(float(guess is not None and guess[0] == attrs["colour"]))
             values["shape"].append(float(guess is not None and guess[1] == attrs["shape"]))
         values["coherence_psnr"].append(

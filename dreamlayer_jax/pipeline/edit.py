@@ -34,7 +34,7 @@ from dreamlayer_jax.pipeline.edit_ops import (
 )
 from dreamlayer_jax.pipeline.irh import IRHSettings, composite_layers
 from dreamlayer_jax.pipeline.result import LayeredResult
-from dreamlayer_jax.pipeline.scene import Layer, Scene
+from dreamlayer_jax.pipeline.scene import Box, Layer, Scene
 
 if TYPE_CHECKING:
     from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
@@ -101,13 +101,13 @@ def apply_ops(pipe: DreamLayerPipeline, scene: Scene, latents: np.ndarray,
         what = type(op).__name__.lower()
         if isinstance(op, Move):
             fg = get(op.index, f"move {op.index}")
-            fg.latent, box = move_layer(fg.latent, fg.layer.box, op.dx, op.dy, transparent,
-                                        f"move {op.index}")
+            fg.latent, box = move_layer(fg.latent, _box_of(fg, f"move {op.index}"), op.dx,
+                                        op.dy, transparent, f"move {op.index}")
             fg.layer = Layer(fg.layer.prompt, box)
         elif isinstance(op, ScaleOp):
             fg = get(op.index, f"scale {op.index}")
-            fg.latent, box = scale_layer(fg.latent, fg.layer.box, op.factor, transparent,
-                                         f"scale {op.index}")
+            fg.latent, box = scale_layer(fg.latent, _box_of(fg, f"scale {op.index}"),
+                                         op.factor, transparent, f"scale {op.index}")
             fg.layer = Layer(fg.layer.prompt, box)
         elif isinstance(op, Delete):
             get(op.index, f"delete {op.index}")
@@ -129,6 +129,14 @@ def apply_ops(pipe: DreamLayerPipeline, scene: Scene, latents: np.ndarray,
     new_scene = Scene(scene.prompt, scene.background, tuple(fg.layer for fg in kept))
     new_latents = np.stack([latents[0], *(fg.latent for fg in kept), latents[-1]])
     return new_scene, new_latents, [fg.regenerate for fg in kept]
+
+
+def _box_of(fg: _Foreground, what: str) -> Box:
+    """The layer's box; a layer generated without one (paper variant) is refused."""
+    if fg.layer.box is None:
+        raise InputError(f"{what}: layer {fg.source} has no box (it was generated without "
+                         "one), and moving or scaling works on boxes")
+    return fg.layer.box
 
 
 def edit(
