@@ -71,9 +71,13 @@ def cross_attention_with_maps(
       heads for the maps), in float32.
     """
     scale = q.shape[-1] ** -0.5
-    scores = jnp.einsum("nqhd,nkhd->nhqk", q, k, preferred_element_type=jnp.float32) * scale
-    probs = jax.nn.softmax(scores, axis=-1)  # [B*L, H, N, T]
-    out = jnp.einsum("nhqk,nkhd->nqhd", probs.astype(v.dtype), v)
+    qh, kh, vh = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))  # heads first, as xla_attention
+    scores = jnp.einsum("nhqd,nhkd->nhqk", qh, kh, preferred_element_type=jnp.float32) * scale
+    e = jnp.exp(scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True)))
+    total = e.sum(axis=-1, keepdims=True)  # [B*L, H, N, 1]
+    out = jnp.einsum("nhqk,nhkd->nhqd", e.astype(v.dtype), vh) / total.astype(v.dtype)
+    out = jnp.swapaxes(out, 1, 2)
+    probs = e / total  # [B*L, H, N, T]: the probabilities `out` was weighted by
     per_pixel = probs.mean(axis=1)  # [B*L, N, T]
     batch = q.shape[0] // num_layers
     per_pixel = per_pixel.reshape(batch, num_layers, h * w, per_pixel.shape[-1])
