@@ -60,7 +60,7 @@ class LayerContext:
       context_sizes: static `(h, w)` of the context blocks; blend_until: `T_G`.
       phase: static, "down" (down path and mid block) or "up".
       mesh, layer_parallel: LSSA partitioned over the mesh's "layer" axis when its size
-        is > 1, by "allgather" or "ring" (`parallel.layer_attention`).
+        is > 1, by "allgather", "ring" or "auto" (`parallel.layer_attention`).
     """
 
     layer_valid: jax.Array
@@ -83,7 +83,7 @@ class LayerContext:
     blend_until: float = struct.field(pytree_node=False, default=850.0)
     phase: Literal["down", "up"] = struct.field(pytree_node=False, default="down")
     mesh: Mesh | None = struct.field(pytree_node=False, default=None)
-    layer_parallel: str = struct.field(pytree_node=False, default="allgather")
+    layer_parallel: str = struct.field(pytree_node=False, default="auto")
 
     @property
     def num_layers(self) -> int:

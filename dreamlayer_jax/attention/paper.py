@@ -93,7 +93,7 @@ def cross_attention_with_maps(
 
 def all_layer_lssa(
     q: jax.Array, k: jax.Array, v: jax.Array, layer_mask: jax.Array, *, backend: str,
-    mesh: Mesh | None = None, method: str = "allgather",
+    mesh: Mesh | None = None, method: str = "auto",
 ) -> jax.Array:
     """The paper's LSSA: every layer's queries against the joint K/V of its scene's layers.
 
@@ -102,7 +102,8 @@ def all_layer_lssa(
       layer_mask: `bool[B, L, L]` which key layers each query layer reads (valid layers;
         decomposition's eq. 15 restricts the global layer to its own block).
       mesh: with a "layer" axis of size > 1, the attention runs partitioned over it
-        (`method` "allgather" or "ring", `parallel.layer_attention`); else on one device.
+        (`method` "auto", "allgather" or "ring", `parallel.layer_attention`); else on one
+        device.
     Returns:
       `[B*L, N, H, d]`.
     """

@@ -32,8 +32,7 @@ from dreamlayer_jax.models.config_base import ModelConfig
 from dreamlayer_jax.models.context_layers import ContextAwareLayers
 from dreamlayer_jax.models.lora import apply_lora
 from dreamlayer_jax.models.unet import UNet2DConditionModel
-
-LAYER_PARALLEL = ("allgather", "ring")
+from dreamlayer_jax.parallel.layer_attention import METHODS as LAYER_PARALLEL
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,7 @@ class DreamLayerConfig(ModelConfig):
     irh_restart: float = 600.0  # T_H: IRH re-denoises from here ...
     irh_stop: float = 400.0  # T_H': ... pasting the kept foregrounds until here
     foreground_kv: bool = True  # a separate K/V pair for the foreground slots
-    layer_parallel: str = "allgather"  # LSSA over a sharded layer axis: "allgather" | "ring"
+    layer_parallel: str = "auto"  # LSSA over a sharded layer axis: "auto" | "allgather" | "ring"
 
     def validate(self, raw: dict[str, Any]) -> None:
         if self.variant not in VARIANTS:
