@@ -159,3 +159,22 @@ def nnx_params(module):
     from flax import nnx
 
     return nnx.to_pure_dict(nnx.state(module, nnx.Param))
+
+
+def test_paper_variant_global_layer_reads_the_concatenated_prompt_with_both_encoders(
+        sdxl_model):
+    pipe = DreamLayerPipeline.from_pretrained(
+        sdxl_model, dreamlayer={"variant": "paper", "context_width": 16, "context_heads": 2,
+                                "context_layers": 1})
+    assert pipe.config.variant == "paper"
+    scene = Scene("", "a blue wall", (Layer("a red circle"),))
+    ctx, uncond = pipe.layer_context([scene])
+    # the word tokenizers give the joined prompt exactly the concatenated tokens
+    hidden, pooled = pipe.conditioner.encode(["a blue wall a red circle"])
+    np.testing.assert_allclose(ctx.text[0, -1], hidden[0], atol=1e-5)
+    np.testing.assert_allclose(ctx.added["text_embeds"][0, -1], pooled[0], atol=1e-5)
+    owner = np.asarray(ctx.token_owner[0])
+    assert owner.tolist()[:9] == [-1, 0, 0, 0, 1, 1, 1, -1, -1]
+    assert (np.asarray(uncond.token_owner) == -1).all()
+    result = pipe(scene, num_inference_steps=2, seed=0)
+    assert len(result.layers) == 1 and result.layers[0].shape == (16, 16, 4)

@@ -65,7 +65,9 @@ def load_dreamlayer_unet(folder: Path, dtype: jnp.dtype = jnp.float32,
     1024 for SDXL). `overrides` replace fields of the folder's `DreamLayerConfig` (e.g.
     `{"lora_rank": 16, "max_layers": 6}` to fine-tune a plain folder with LoRA). A folder
     without adapters gets fresh ones; one with adapters keeps them, and asking for
-    another rank or alpha is a ConfigError.
+    another rank or alpha is a ConfigError. Likewise a box-variant folder loaded as
+    `{"variant": "paper"}` gets fresh paper parts (foreground K/V copied from the base);
+    the reverse is a ConfigError.
     """
     extra = folder / DREAMLAYER
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", dtype=dtype)
@@ -78,12 +80,21 @@ def load_dreamlayer_unet(folder: Path, dtype: jnp.dtype = jnp.float32,
         raise ConfigError(f"{folder} has LoRA adapters of rank {saved.lora_rank} (alpha "
                           f"{saved.lora_alpha}); they cannot be changed to rank "
                           f"{config.lora_rank} (alpha {config.lora_alpha})")
+    if saved.variant == "paper" and config.variant != "paper":
+        raise ConfigError(f"{folder} is a paper-variant DreamLayer model; it cannot be "
+                          f"loaded as the {config.variant!r} variant")
     model = DreamLayerUNet(unet, config, rngs=nnx.Rngs(0))
-    if has_saved:
+    if has_saved:  # parts the saved model lacks (new adapters, paper parts) start fresh
         update_from_torch(model, load_state_dict(extra), what=f"DreamLayer ({extra})",
                           include=lambda p: is_dreamlayer_param(p) and (
-                              saved.lora_rank > 0 or not is_lora_path(p)))
+                              saved.lora_rank > 0 or not is_lora_path(p)) and (
+                              saved.variant == "paper" or not is_paper_param(p)))
     return model
+
+
+def is_paper_param(path: tuple[Any, ...]) -> bool:
+    """The paper variant's own parameters (absent from a box-variant folder)."""
+    return str(path[0]) in ("layer_assign", "context_layers") or is_foreground_kv_path(path)
 
 
 def _native_resolution(folder: Path, unet: UNet2DConditionModel) -> int:
