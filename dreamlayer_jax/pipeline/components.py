@@ -41,7 +41,8 @@ from dreamlayer_jax.models.vae import AutoencoderKL
 DREAMLAYER = "dreamlayer"
 
 
-DREAMLAYER_ROOTS = ("role_embedding", "layer_assign", "context_layers")
+PAPER_ROOTS = ("layer_assign", "context_layers")
+DREAMLAYER_ROOTS = ("role_embedding", *PAPER_ROOTS)
 
 
 def is_foreground_kv_path(path: tuple[Any, ...]) -> bool:
@@ -94,7 +95,7 @@ def load_dreamlayer_unet(folder: Path, dtype: jnp.dtype = jnp.float32,
 
 def is_paper_param(path: tuple[Any, ...]) -> bool:
     """The paper variant's own parameters (absent from a box-variant folder)."""
-    return str(path[0]) in ("layer_assign", "context_layers") or is_foreground_kv_path(path)
+    return str(path[0]) in PAPER_ROOTS or is_foreground_kv_path(path)
 
 
 def _native_resolution(folder: Path, unet: UNet2DConditionModel) -> int:
