@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 
@@ -44,6 +44,17 @@ class Compositor(Protocol):
 
     def latent_over(self, under: jax.Array, over: jax.Array, gate: jax.Array) -> jax.Array:
         """Paint the layer latent `over` on `under` where `gate[N, h, w, 1]` (its region)."""
+        ...
+
+
+@runtime_checkable
+class AlphaDecoder(Protocol):
+    """The static half of a codec's alpha decoding, for use inside `jax.jit`: hashable,
+    so it can be a static argument; the codec's weights come in as traced `params`
+    (`codecs.alpha.split_alpha_decoder` splits a codec into both)."""
+
+    def __call__(self, params: Any, latents: jax.Array) -> jax.Array:
+        """latents `[N, h, w, c]` -> the decoded alpha `[N, H, W, 1]` in [0, 1]."""
         ...
 
 

@@ -17,12 +17,18 @@ from jax.sharding import Mesh
 from dreamlayer_jax.attention.backends import resolve_backend
 from dreamlayer_jax.attention.context import LayerContext, make_roles
 from dreamlayer_jax.attention.masks import ROLE_FOREGROUND, box_masks_soft
+from dreamlayer_jax.codecs.alpha import split_alpha_decoder
 from dreamlayer_jax.errors import InputError, NumericalError
 from dreamlayer_jax.io import resolve_model_folder
 from dreamlayer_jax.models.layer_unet import DreamLayerConfig, DreamLayerUNet
 from dreamlayer_jax.parallel.mesh import layer_sharding, replicated
 from dreamlayer_jax.pipeline.components import load_codec, load_dreamlayer_unet
-from dreamlayer_jax.pipeline.irh import IRHSettings
+from dreamlayer_jax.pipeline.irh import (
+    IRHSettings,
+    resolve_settings,
+    restart_index,
+    settings_record,
+)
 from dreamlayer_jax.pipeline.layer_sampler import sample_layers
 from dreamlayer_jax.pipeline.paper_prompts import LayerTokens, check_overflow, concat_layer_tokens
 from dreamlayer_jax.pipeline.progress import ProgressHook
@@ -194,19 +200,26 @@ class DreamLayerPipeline:
                  guidance_scale: float = 5.0, seed: int | Sequence[int] = 0, *,
                  scheduler: str | None = None, caca: bool = True, lssa: bool = True,
                  irh: bool = True, irh_start: float | None = None,
-                 irh_retain: float | None = None, lssa_scope: str = "global",
+                 irh_retain: float | None = None, irh_restart: float | None = None,
+                 irh_stop: float | None = None, lssa_scope: str = "global",
                  mesh: Mesh | None = None, progress: bool = False
                  ) -> LayeredResult | list[LayeredResult]:
-        """Sample one scene (or a batch of scenes) as layers; see `LayeredResult`."""
+        """Sample one scene (or a batch of scenes) as layers; see `LayeredResult`.
+
+        IRH (`pipeline.irh`): box variant `irh_start`, `irh_retain`; paper variant
+        `irh_restart` (`T_H`) and `irh_stop` (`T_H'`), timesteps; None: the model's.
+        """
         scenes = [scene] if isinstance(scene, Scene) else list(scene)
         if not scenes:
             raise InputError("no scene to sample")
         seeds = [seed] * len(scenes) if isinstance(seed, int) else list(seed)
-        self._check_sampling_args(scenes, num_inference_steps, guidance_scale, seeds)
-        settings = IRHSettings(
-            enabled=irh,
-            start=self.config.irh_start if irh_start is None else float(irh_start),
-            retain=self.config.irh_retain if irh_retain is None else float(irh_retain))
+        settings = resolve_settings(self.config, enabled=irh, start=irh_start,
+                                    retain=irh_retain, restart=irh_restart, stop=irh_stop)
+        window = None
+        if self.config.variant == "paper" or irh_restart is not None or irh_stop is not None:
+            window = (settings.restart, settings.stop)
+        self._check_sampling_args(scenes, num_inference_steps, guidance_scale, seeds,
+                                  irh_window=window)
         sched = self.with_scheduler(scheduler) if scheduler else self.scheduler
         plan = sched.set_timesteps(num_inference_steps)
         ctx, uncond = self.layer_context(scenes, caca=caca, lssa=lssa, lssa_scope=lssa_scope)
@@ -217,31 +230,43 @@ class DreamLayerPipeline:
         results = self.to_results(scenes, latents, ctx, info={
             "seed": seeds, "steps": num_inference_steps, "guidance_scale": guidance_scale,
             "scheduler": sched.kind, "model": self.name, "caca": caca, "lssa": lssa,
-            "irh": irh, "irh_start": settings.start, "irh_retain": settings.retain})
+            **settings_record(settings, self.config.variant)})
         return results[0] if isinstance(scene, Scene) else results
 
     def run_sampler(self, sched: Scheduler, plan, ctx: LayerContext, uncond: LayerContext,
                     x: jax.Array, guidance_scale: float, seed: int, settings: IRHSettings, *,
                     mode: str = "generate", pinned: jax.Array | None = None,
                     layer_noise: jax.Array | None = None, keep: jax.Array | None = None,
-                    start: int = 0,
+                    start: int = 0, kept: jax.Array | None = None,
+                    alphas: jax.Array | None = None,
                     mesh: Mesh | None = None, progress: bool = False) -> jax.Array:
         """Run the jitted sampler; with a `mesh`, latents are laid out `[B, L]` over
-        `("data", "fsdp") x "layer"` and the parameters replicated."""
+        `("data", "fsdp") x "layer"` and the parameters replicated.
+
+        Paper variant: the codec's alpha decoder goes in split (`codecs.alpha`, its
+        weights a traced argument); `kept` / `alphas` as `sample_layers` takes them.
+        """
         params, sharding = self._unet_params, None
+        decoder, alpha_params, steps = None, None, plan.num_steps - start
+        if self.config.variant == "paper":
+            decoder, alpha_params = split_alpha_decoder(self.codec)
+            steps = 0 if kept is not None else steps
+            if settings.enabled:
+                steps += plan.num_steps - int(restart_index(plan.timesteps, settings.restart))
         if mesh is not None:
             sharding = layer_sharding(mesh, x.ndim)
             x = jax.device_put(x, sharding)
             ctx, uncond = (jax.device_put(c, c.shardings(mesh)) for c in (ctx, uncond))
-            params = jax.device_put(params, replicated(mesh))
-        with self._progress.bar(plan.num_steps - start, enabled=progress):
+            params, alpha_params = jax.device_put((params, alpha_params), replicated(mesh))
+        with self._progress.bar(steps, enabled=progress):
             return sample_layers(
                 self._unet_graph, params, sched, plan, ctx, uncond, x,
                 jnp.float32(guidance_scale), jax.random.key(seed),
                 compositor=self.codec.compositor, irh=settings.as_arrays(), mode=mode,
                 pinned=pinned,
                 layer_noise=layer_noise, keep=keep, start=start, sharding=sharding,
-                progress=self._progress if progress else None)
+                progress=self._progress if progress else None, alpha_decoder=decoder,
+                alpha_params=alpha_params, kept=kept, alphas=alphas)
 
     def decompose(self, image: Any, layers: Sequence[Any] = (), background: str = "background",
                   prompt: str | None = None, **kwargs: Any) -> LayeredResult:
@@ -257,7 +282,20 @@ class DreamLayerPipeline:
 
         return edit(self, saved_dir, ops, out, **kwargs)
 
-    def _check_sampling_args(self, scenes, steps, guidance, seeds) -> None:
+    def _check_sampling_args(self, scenes, steps, guidance, seeds, *,
+                             irh_window: tuple[float, float] | None = None) -> None:
+        """Refuse bad sampling arguments (one InputError line) before any work.
+
+        `irh_window`: the paper form's `(T_H, T_H')`, each in [0, num_train_timesteps]
+        and `T_H' <= T_H`."""
+        if irh_window is not None:
+            top = self.scheduler.num_train_timesteps
+            for name, value in zip(("irh_restart", "irh_stop"), irh_window, strict=True):
+                if not np.isfinite(value) or not 0 <= value <= top:
+                    raise InputError(f"{name} must be a timestep in [0, {top}], got {value!r}")
+            if irh_window[1] > irh_window[0]:
+                raise InputError(f"irh_stop (T_H' = {irh_window[1]:g}) must not exceed "
+                                 f"irh_restart (T_H = {irh_window[0]:g})")
         for s in scenes:
             if not isinstance(s, Scene):
                 raise InputError(f"expected a Scene, got {type(s).__name__}")

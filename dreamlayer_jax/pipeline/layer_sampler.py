@@ -1,8 +1,17 @@
 """The DreamLayer sampler: every layer of a batch of scenes denoised together, one jit.
 
 All steps run inside one `lax.scan` (`schedulers.loop.sample_loop`) with classifier-free
-guidance batched in (each layer's unconditional branch uses the empty prompt) and IRH
-applied after each step. Three modes share it:
+guidance batched in (each layer's unconditional branch uses the empty prompt). IRH
+(`pipeline.irh`) takes the model's variant (static, read off the merged UNet's config):
+
+- "box": IRH's box form applied after each step;
+- "paper": two passes in the same jitted function, `irh.denoise_keeping` (the whole
+  schedule, trajectory kept) then `irh.reharmonize` (the global layer re-denoised from
+  `T_H`, eq. 12 in the window `T_H -> T_H'`) with the foregrounds' alphas decoded from
+  pass 1's clean latents (the codec's `AlphaDecoder`, its weights a traced argument).
+  `irh.enabled` False skips pass 2 at run time; `T_H`, `T_H'` are traced.
+
+Three modes share it:
 
 - `generate`: text to layers;
 - `decompose`: the global layer pinned to a DDIM-inverted trajectory at every step;
@@ -15,6 +24,7 @@ applied after each step. Three modes share it:
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,9 +32,16 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from dreamlayer_jax.attention.context import LayerContext
-from dreamlayer_jax.codecs.base import Compositor
+from dreamlayer_jax.codecs.base import AlphaDecoder, Compositor
 from dreamlayer_jax.models.layer_unet import DreamLayerUNet
-from dreamlayer_jax.pipeline.irh import IRHSettings, harmonize
+from dreamlayer_jax.pipeline.irh import (
+    IRHSettings,
+    denoise_keeping,
+    foreground_mask,
+    harmonize,
+    layer_alphas,
+    reharmonize,
+)
 from dreamlayer_jax.pipeline.progress import ProgressHook
 from dreamlayer_jax.schedulers.base import SamplingPlan, Scheduler
 from dreamlayer_jax.schedulers.loop import sample_loop
@@ -53,7 +70,7 @@ def guided(unet: DreamLayerUNet, ctx: LayerContext, uncond: LayerContext,
 
 
 @partial(jax.jit, static_argnames=("graphdef", "sched", "compositor", "mode", "start",
-                                   "sharding", "progress"))
+                                   "sharding", "progress", "alpha_decoder"))
 def sample_layers(
     graphdef: nnx.GraphDef,
     params: nnx.State,
@@ -74,6 +91,10 @@ def sample_layers(
     start: int = 0,
     sharding: NamedSharding | None = None,
     progress: ProgressHook | None = None,
+    alpha_decoder: AlphaDecoder | None = None,
+    alpha_params: Any = None,
+    kept: jax.Array | None = None,
+    alphas: jax.Array | None = None,
 ) -> jax.Array:
     """Denoise `x[B, L, h, w, c]` (the sample at step `start`) to clean layer latents.
 
@@ -89,10 +110,20 @@ def sample_layers(
       keep: "edit": `bool[B, L]`, the slots held to `pinned` (default: all but global).
       sharding: the latents' sharding, e.g. batch over "data" and layers over "layer".
       progress: a `ProgressHook` ticked once per step.
+      alpha_decoder, alpha_params: paper variant: the codec's alpha decoding
+        (`codecs.alpha.split_alpha_decoder`), needed unless `alphas` is given.
+      kept: paper variant: `[S + 1, B, L, h, w, c]` a given pass-1 trajectory (editing,
+        eq. 13): pass 1 is skipped (`x`, `mode` and `start` unused) and pass 2 runs.
+      alphas: paper variant: `[B, L, h, w, 1]` the foregrounds' alphas for eq. 12
+        (default: decoded from the clean latents of pass 1).
+    Returns:
+      the clean latents `[B, L, h, w, c]`; paper variant: background and foregrounds
+      from pass 1, the global layer from pass 2 (pass 1's when IRH is off).
     """
     unet = nnx.merge(graphdef, params)
     num_steps = plan.num_steps
     model_fn = guided(unet, ctx, uncond, guidance, sharding)
+    paper = unet.config.variant == "paper"
     if mode == "edit":
         held = keep if keep is not None else jnp.arange(x.shape[1]) < x.shape[1] - 1
         held = jnp.broadcast_to(held, x.shape[:2])
@@ -104,13 +135,36 @@ def sample_layers(
         elif mode == "edit":
             level = jnp.minimum(done, num_steps - 1)
             renoised = sched.add_noise_at_step(plan, level, pinned, layer_noise)
-            kept = jnp.where(done >= num_steps, pinned, renoised)
-            x = jnp.where(held[..., None, None, None], kept.astype(x.dtype), x)
-        x = harmonize(irh, compositor, x, ctx, done, num_steps)
+            saved = jnp.where(done >= num_steps, pinned, renoised)
+            x = jnp.where(held[..., None, None, None], saved.astype(x.dtype), x)
+        if not paper:
+            x = harmonize(irh, compositor, x, ctx, done, num_steps)
+        return finish_step(x, i)
+
+    def finish_step(x: jax.Array, i: jax.Array) -> jax.Array:
         if sharding is not None:
             x = jax.lax.with_sharding_constraint(x, sharding)
         if progress is not None:
             progress.step(i)
         return x
 
-    return sample_loop(sched, plan, model_fn, x, key=key, start=start, post_step=post_step)
+    if not paper:
+        return sample_loop(sched, plan, model_fn, x, key=key, start=start, post_step=post_step)
+
+    states = None
+    if kept is None:
+        kept, states = denoise_keeping(sched, plan, model_fn, x, key=key, start=start,
+                                       post_step=post_step)
+    out = kept[num_steps]
+    if alphas is None and alpha_decoder is None:
+        raise ValueError("the paper variant's IRH needs alpha_decoder (or alphas)")
+
+    def second_pass() -> jax.Array:
+        a = alphas if alphas is not None else layer_alphas(alpha_decoder, alpha_params,
+                                                           out, ctx)
+        return reharmonize(sched, plan, model_fn, kept, a, foreground_mask(ctx),
+                           irh.restart, irh.stop, states=states, key=key,
+                           post_step=finish_step)
+
+    g = jax.lax.cond(jnp.asarray(irh.enabled, bool), second_pass, lambda: out[:, -1])
+    return out.at[:, -1].set(g)
