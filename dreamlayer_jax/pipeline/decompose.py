@@ -1,8 +1,15 @@
-"""Image-to-layer decomposition, training-free (DESIGN.md section 2).
+"""Image-to-layer decomposition, training-free; the model's variant picks the method.
 
-The picture is encoded, DDIM-inverted into the global layer's trajectory, and the
-background and foregrounds are generated with the global layer pinned to that trajectory
-at every step, so LSSA / CACA make the layers copy the picture's content.
+- Box variant (DESIGN.md section 2): the picture is encoded, DDIM-inverted into the
+  global layer's trajectory, and the background and foregrounds are generated with the
+  global layer pinned to that trajectory at every step, so LSSA / CACA make the layers
+  copy the picture's content.
+- Paper variant (DESIGN.md section 8, eq. 15): the picture's latent is copied into every
+  slot (`k + 1` layers and the global one) and the copies are DDIM-inverted together,
+  with LSSA masked so that the global layer attends to its own block only
+  (`inversion_layer_mask`); each slot's inverted latent then seeds that slot, and all
+  layers are denoised with the layer prompts, the paper form of IRH included, as in
+  generation.
 """
 
 from __future__ import annotations
@@ -24,9 +31,9 @@ from dreamlayer_jax.attention.context import LayerContext
 from dreamlayer_jax.data.image_io import pil_to_rgba
 from dreamlayer_jax.errors import InputError
 from dreamlayer_jax.models.layer_unet import DreamLayerUNet
-from dreamlayer_jax.pipeline.irh import IRHSettings
+from dreamlayer_jax.pipeline.irh import IRHSettings, resolve_settings, settings_record
 from dreamlayer_jax.pipeline.result import LayeredResult
-from dreamlayer_jax.pipeline.scene import Layer, Scene
+from dreamlayer_jax.pipeline.scene import FULL_BOX, Layer, Scene
 from dreamlayer_jax.schedulers.base import SamplingPlan
 from dreamlayer_jax.schedulers.ddim import DDIMScheduler
 from dreamlayer_jax.schedulers.loop import ModelFn, ddim_invert_loop
@@ -124,6 +131,39 @@ def invert_trajectory(sched: DDIMScheduler, plan: SamplingPlan, model_fn: ModelF
     return jnp.concatenate([levels, x0[None].astype(levels.dtype)])
 
 
+def inversion_layer_mask(layer_valid: jax.Array) -> jax.Array:
+    """Paper eq. 15 as an LSSA layer mask, `bool[B, L, L]` (row: query layer, column: key
+    layer; `LayerContext.layer_mask`).
+
+    Our reading: during inversion the global layer (row `L-1`) reads its own keys and
+    values only (`one-hot(L-1)`), so its inversion is the plain inversion of the picture;
+    every other row reads all valid layers (the global one included), as in sampling.
+    `LayerContext.lssa_layer_mask` drops padded columns.
+    """
+    b, num_layers = layer_valid.shape
+    rows = jnp.broadcast_to(layer_valid[:, None, :], (b, num_layers, num_layers))
+    return rows.at[:, -1].set(jnp.arange(num_layers) == num_layers - 1)
+
+
+@partial(jax.jit, static_argnames=("graphdef", "sched"))
+def invert_layers(graphdef: nnx.GraphDef, params: nnx.State, sched: DDIMScheduler,
+                  plan: SamplingPlan, ctx: LayerContext, x0: jax.Array) -> jax.Array:
+    """Paper decomposition's inversion: `x0[B, h, w, c]` copied into every slot and the
+    copies DDIM-inverted together (the UNet's conditional output, eq. 15's LSSA mask);
+    returns each slot's inverted latent `x_T [B, L, h, w, c]`."""
+    unet = nnx.merge(graphdef, params)
+    b, num_layers = ctx.layer_valid.shape
+    copies = jnp.broadcast_to(x0[:, None], (b, num_layers, *x0.shape[1:]))
+    masked = ctx.replace(layer_mask=inversion_layer_mask(ctx.layer_valid))
+
+    def model_fn(z: jax.Array, t: jax.Array, i: jax.Array) -> jax.Array:
+        del i
+        return unet(z, t, masked).astype(jnp.float32)
+
+    x_t, _ = ddim_invert_loop(sched, plan, model_fn, copies)
+    return x_t
+
+
 def decompose(
     pipe: DreamLayerPipeline,
     image: ImageLike,
@@ -136,6 +176,9 @@ def decompose(
     *,
     caca: bool = True,
     lssa: bool = True,
+    irh: bool = True,
+    irh_restart: float | None = None,
+    irh_stop: float | None = None,
     progress: bool = False,
 ) -> LayeredResult:
     """Split a picture into a background and transparent foregrounds.
@@ -148,17 +191,30 @@ def decompose(
       background: the background's prompt; `prompt`: the picture's prompt (default: the
         layer prompts and the background joined).
       guidance_scale: classifier-free guidance of the generated layers; the inversion
-        always uses the conditional output of the global prompt (no guidance).
+        always uses the conditional output (no guidance).
+      irh, irh_restart, irh_stop: the paper variant's IRH (as in generation; None: the
+        model's `T_H`, `T_H'`); the box variant ignores them.
     Returns:
-      a `LayeredResult` whose global latent is exactly the picture's encoding. IRH is off
-      during decomposition: the global layer is pinned, there is nothing to harmonize.
+      a `LayeredResult`. Box variant: its global latent is exactly the picture's
+      encoding; IRH is off (the global layer is pinned, there is nothing to harmonize).
+      Paper variant: the global layer is the one IRH re-harmonized.
     """
+    paper = pipe.config.variant == "paper"
     layers = tuple(Layer(l) if isinstance(l, str) else l for l in layers)
+    if not paper:  # the box variant places every foreground: no box is the whole image
+        layers = tuple(Layer(l.prompt, FULL_BOX) if l.box is None else l for l in layers)
     if prompt is None:
         prompt = ", ".join([*(l.prompt for l in layers), background])
     scene = Scene(prompt=prompt, background=background, layers=layers)
-    pipe._check_sampling_args([scene], num_inference_steps, guidance_scale, [seed])
+    settings = resolve_settings(pipe.config, enabled=irh and paper, restart=irh_restart,
+                                stop=irh_stop)
+    window = (settings.restart, settings.stop) if paper else None
+    pipe._check_sampling_args([scene], num_inference_steps, guidance_scale, [seed],
+                              irh_window=window)
     pixels = load_image(image, pipe.config.resolution)
+    if paper:
+        return _decompose_paper(pipe, scene, pixels, num_inference_steps, guidance_scale,
+                                seed, settings, caca=caca, lssa=lssa, progress=progress)
 
     sched = pipe.with_scheduler("ddim")
     plan = sched.set_timesteps(num_inference_steps)
@@ -176,4 +232,22 @@ def decompose(
         "guidance_scale": guidance_scale, "scheduler": sched.kind, "model": pipe.name,
         "caca": caca, "lssa": lssa, "irh": False, "irh_start": settings.start,
         "irh_retain": settings.retain}
+    return pipe.to_results([scene], latents, ctx, info)[0]
+
+
+def _decompose_paper(pipe: DreamLayerPipeline, scene: Scene, pixels: np.ndarray, steps: int,
+                     guidance_scale: float, seed: int, settings: IRHSettings, *, caca: bool,
+                     lssa: bool, progress: bool) -> LayeredResult:
+    """The paper variant's decomposition (module docstring), checked arguments."""
+    sched = pipe.with_scheduler("ddim")
+    plan = sched.set_timesteps(steps)
+    ctx, uncond = pipe.layer_context([scene], caca=caca, lssa=lssa)
+    x0 = encode_image(pipe, pixels)
+    x = invert_layers(pipe._unet_graph, pipe._unet_params, sched, plan, ctx, x0)
+    latents = pipe.run_sampler(sched, plan, ctx, uncond, x, guidance_scale, seed, settings,
+                               progress=progress)
+    info: dict[str, Any] = {
+        "mode": "decompose", "seed": [seed], "steps": steps, "guidance_scale": guidance_scale,
+        "scheduler": sched.kind, "model": pipe.name, "caca": caca, "lssa": lssa,
+        **settings_record(settings, "paper")}
     return pipe.to_results([scene], latents, ctx, info)[0]
