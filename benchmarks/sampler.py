@@ -14,6 +14,14 @@ the step count sets the scan's length, so it compiles the sampler once more.
     python benchmarks/sampler.py                          # the built-in model (32x32)
     python benchmarks/sampler.py --steps 10 --repeats 3 --other-steps 15
     python benchmarks/sampler.py --sd15                   # + an SD1.5-sized random model
+    python benchmarks/sampler.py --variant paper --steps 4 --other-steps 4
+
+`--variant paper` measures the paper variant's sampler (DESIGN.md section 8: both IRH
+passes in the one jit) on a tiny random paper model (16x16 RGBA pixels, pixel codec, no
+unshuffling; the built-in model is a box-variant one) and, with `--sd15`, on the SD1.5
+model in the paper variant; the scene's foregrounds have no box. Its repeated calls
+change IRH's window `(T_H, T_H')` every time (and switch IRH off once), so "compiles
+later" = 0 also shows the window is traced.
 
 Models: `builtin` is `DreamLayerPipeline.from_pretrained()` (32x32 RGBA pixels, pixel
 codec unshuffled by 2 into 16x16x16 latents). `sd15` is a random model folder written by
@@ -56,6 +64,21 @@ SCENE = Scene(prompt="a small red star and a large green ring in front of a stri
               background="a striped blue wall at sunset",
               layers=(Layer("a small red star", box=(0.1, 0.45, 0.5, 0.9)),
                       Layer("a large green ring", box=(0.45, 0.15, 0.95, 0.7))))
+PAPER_SCENE = Scene(prompt=SCENE.prompt, background=SCENE.background,
+                    layers=tuple(Layer(layer.prompt) for layer in SCENE.layers))
+PAPER_FIELDS = {"variant": "paper", "context_width": 16, "context_heads": 2,
+                "context_layers": 1}
+TINY_UNET = {"sample_size": 16, "in_channels": 4, "out_channels": 4,
+             "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+             "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+             "block_out_channels": [16, 32], "layers_per_block": 1, "attention_head_dim": 8,
+             "norm_num_groups": 8, "cross_attention_dim": 16}
+TINY_TEXT = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+             "num_attention_heads": 2, "max_position_embeddings": 32,
+             "hidden_act": "quick_gelu"}
+# the paper variant's repeated calls: IRH's window (T_H, T_H') changes every time
+PAPER_CALLS = [{"irh_restart": 700.0, "irh_stop": 300.0}, {"irh_restart": 500.0,
+               "irh_stop": 500.0}, {"irh": False}, {"irh_restart": 1000.0, "irh_stop": 0.0}]
 SD15_UNET = sd15_unet(32)
 SCHEDULER = {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000,
              "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
@@ -87,29 +110,44 @@ def describe(events: list[tuple[str, float]]) -> str:
     return f"{len(events)} compiles, {sum(s for _, s in events):.1f} s in XLA: {shown}"
 
 
-def write_sd15_model(folder: Path) -> Path:
-    words = sorted({*VOCABULARY, *SCENE.prompt.split(), *SCENE.background.split()})
+WORDS = sorted({*VOCABULARY, *SCENE.prompt.split(), *SCENE.background.split()})
+
+
+def write_sd15_model(folder: Path, variant: str = "box") -> Path:
+    extra = {"variant": "paper"} if variant == "paper" else {}
     return create_model_folder(
-        folder, unet=SD15_UNET, text_encoder=SD15_TEXT, words=words,
+        folder, unet=SD15_UNET, text_encoder=SD15_TEXT, words=WORDS,
         dreamlayer={"max_layers": 4, "codec": "pixel", "pixel_unshuffle": 1,
-                    "resolution": 32},
+                    "resolution": 32, **extra},
+        scheduler=SCHEDULER)
+
+
+def write_tiny_paper_model(folder: Path) -> Path:
+    """A tiny random paper-variant model: 16x16 RGBA pixels are its latents."""
+    return create_model_folder(
+        folder, unet=TINY_UNET, text_encoder=TINY_TEXT, words=WORDS,
+        dreamlayer={"max_layers": 4, "codec": "pixel", "resolution": 16, **PAPER_FIELDS},
         scheduler=SCHEDULER)
 
 
 def measure(pipe: DreamLayerPipeline, name: str, steps: int, repeats: int,
             counter: CompileCounter) -> list[Any]:
-    """One table row: first call, then `repeats` calls with the same shapes and steps."""
+    """One table row: first call, then `repeats` calls with the same shapes and steps
+    (paper variant: each with another IRH window, `PAPER_CALLS`)."""
+    paper = pipe.config.variant == "paper"
+    scene = PAPER_SCENE if paper else SCENE
 
-    def call() -> float:
+    def call(n: int = -1) -> float:
+        kwargs = PAPER_CALLS[n % len(PAPER_CALLS)] if paper and n >= 0 else {"irh": True}
         start = time.perf_counter()
-        result = pipe(SCENE, num_inference_steps=steps, guidance_scale=5.0, seed=0, irh=True)
+        result = pipe(scene, num_inference_steps=steps, guidance_scale=5.0, seed=0, **kwargs)
         assert result.composite.size  # already on the host: the call has finished
         return time.perf_counter() - start
 
     counter.take()
     first = call()
     compiles_first = counter.take()
-    steady = statistics.median(call() for _ in range(max(1, repeats)))
+    steady = statistics.median(call(n) for n in range(max(1, repeats)))
     compiles_later = counter.take()
     print(f"{name}, {steps} steps: first call {first:.2f} s ({describe(compiles_first)}); "
           f"steady {steady:.3f} s ({describe(compiles_later)})", flush=True)
@@ -126,6 +164,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="a second step count: compiles the sampler once more")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sd15", action="store_true", help="add an SD1.5-sized model")
+    parser.add_argument("--variant", choices=("box", "paper"), default="box",
+                        help="paper: a tiny random paper-variant model instead of the "
+                             "built-in one (and the SD1.5 model in the paper variant)")
     args = parser.parse_args(argv)
 
     counter = CompileCounter()
@@ -134,19 +175,26 @@ def main(argv: list[str] | None = None) -> None:
                "compiles first", "compiles later"]
     rows = []
     step_counts = [args.steps] + ([args.other_steps] if args.other_steps != args.steps else [])
-    pipe = DreamLayerPipeline.from_pretrained()
+    if args.variant == "paper":
+        with tempfile.TemporaryDirectory() as tmp:
+            pipe = DreamLayerPipeline.from_pretrained(write_tiny_paper_model(Path(tmp) / "m"))
+        name = "paper tiny 16x16"
+    else:
+        pipe, name = DreamLayerPipeline.from_pretrained(), "builtin 32x32"
     for steps in step_counts:
-        rows.append(measure(pipe, "builtin 32x32", steps, args.repeats, counter))
+        rows.append(measure(pipe, name, steps, args.repeats, counter))
     del pipe
     if args.sd15:
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
-            pipe = DreamLayerPipeline.from_pretrained(write_sd15_model(Path(tmp) / "sd15"))
+            pipe = DreamLayerPipeline.from_pretrained(
+                write_sd15_model(Path(tmp) / "sd15", args.variant))
             print(f"sd15: random model written and loaded in "
                   f"{time.perf_counter() - start:.0f} s", flush=True)
         for steps in step_counts:
-            rows.append(measure(pipe, "sd15 UNet, 32x32x4 latents", steps, args.repeats,
-                                counter))
+            label = " (paper)" if args.variant == "paper" else ""
+            rows.append(measure(pipe, f"sd15 UNet{label}, 32x32x4 latents", steps,
+                                args.repeats, counter))
     print()
     print(format_table(headers, rows))
     print(f"\nsteady = median of {args.repeats} calls after the first; s/step = steady / "
