@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from dreamlayer_jax.codecs.base import BlendCompositor
+from dreamlayer_jax.codecs.layerdiffuse import LayerDiffuseTransparency
 from dreamlayer_jax.codecs.transparency import TransparencyDecoder
 from dreamlayer_jax.models.vae import AutoencoderKL
 
@@ -16,12 +17,23 @@ class LatentCodec:
     `encode` gives the VAE latent of the premultiplied RGB, times `scaling_factor`
     (and shifted by `shift_factor` where the VAE has one); `decode` runs the VAE decoder
     and, when a transparency decoder is present, predicts alpha and refined RGB.
-    Without one, every decoded pixel is opaque.
+    Without one, every decoded pixel is opaque. A `LayerDiffuseTransparency` (mode
+    "layerdiffuse", `codecs.layerdiffuse`) brings LayerDiffuse's own conventions instead:
+    grey compositing (and its offset encoder) when encoding, unscaled latents into its
+    decoder.
     """
 
-    def __init__(self, vae: AutoencoderKL, transparency: TransparencyDecoder | None = None):
+    def __init__(self, vae: AutoencoderKL,
+                 transparency: TransparencyDecoder | LayerDiffuseTransparency | None = None):
         self.vae = vae
         self.transparency = transparency
+
+    @property
+    def transparency_mode(self) -> str:
+        """"opaque" (no decoder), "own" (`TransparencyDecoder`) or "layerdiffuse"."""
+        if self.transparency is None:
+            return "opaque"
+        return "layerdiffuse" if isinstance(self.transparency, LayerDiffuseTransparency) else "own"
 
     @property
     def latent_channels(self) -> int:
@@ -44,6 +56,8 @@ class LatentCodec:
         return z / self.vae.config.scaling_factor + shift
 
     def encode(self, rgba: jax.Array, key: jax.Array | None = None) -> jax.Array:
+        if isinstance(self.transparency, LayerDiffuseTransparency):
+            return self._scale(self.transparency.encode(self.vae, rgba, key))
         premultiplied = rgba[..., :3] * rgba[..., 3:]
         posterior = self.vae.encode(premultiplied * 2.0 - 1.0)
         z = posterior.mode() if key is None else posterior.sample(key)
@@ -57,4 +71,6 @@ class LatentCodec:
         rgb = self.decode_rgb(latents)
         if self.transparency is None:
             return jnp.concatenate([rgb, jnp.ones_like(rgb[..., :1])], axis=-1)
+        if isinstance(self.transparency, LayerDiffuseTransparency):
+            return self.transparency.decode(rgb, self._unscale(latents))
         return self.transparency(latents, rgb)

@@ -1,0 +1,561 @@
+"""LayerDiffuse's released weights: loaded by path, and equal to PyTorch.
+
+The references (`layerdiffuse_reference.py`) are LayerDiffuse's own modules rebuilt from
+diffusers' blocks, with random weights saved as bare safetensors files (fp32 and fp16),
+exactly as LayerDiffuse ships them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx, traverse_util
+
+from dreamlayer_jax.codecs.latent import LatentCodec
+from dreamlayer_jax.codecs.layerdiffuse import (
+    LayerDiffuseTransparency,
+    grey_composite,
+    load_layerdiffuse,
+    load_transparency,
+)
+from dreamlayer_jax.codecs.transparency import TransparencyDecoder, TransparencyDecoderConfig
+from dreamlayer_jax.errors import InputError, WeightsError
+from dreamlayer_jax.io.layerdiffuse import load_transparent_decoder, load_transparent_encoder
+from dreamlayer_jax.io.torch_to_nnx import ShapeOnlyRngs, _torch_shape, torch_key
+from dreamlayer_jax.models.transparent_encoder import pad_rgb
+from dreamlayer_jax.models.transparent_vae import TransparentVAEDecoder, UNet1024Config
+from dreamlayer_jax.models.vae import AutoencoderKL
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+from layerdiffuse_reference import (  # noqa: E402
+    UNet1024,
+    estimate_augmented,
+    offset_encoder,
+    randomise_,
+)
+from layerdiffuse_reference import pad_rgb as reference_pad_rgb  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+SMALL = (8, 8, 16, 16, 16, 32, 32)  # LayerDiffuse's structure, narrower blocks
+
+
+def save(state: dict, path: Path, dtype=None) -> Path:
+    save_file({k: v.detach().to(dtype or v.dtype).contiguous() for k, v in state.items()},
+              str(path))
+    return path
+
+
+def nchw(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def nhwc(x: torch.Tensor) -> np.ndarray:
+    return x.detach().numpy().transpose(0, 2, 3, 1)
+
+
+def assert_relative(actual, expected, what: str, tol: float = 1e-4) -> None:
+    actual, expected = np.asarray(actual, np.float32), np.asarray(expected, np.float32)
+    assert actual.shape == expected.shape, what
+    err = float(np.abs(actual - expected).max()) / max(float(np.abs(expected).max()), 1e-6)
+    assert err <= tol, f"{what}: relative error {err:.3g} > {tol:.3g}"
+
+
+@nnx.jit
+def predict(model, rgb, latent):
+    return model.predict(rgb, latent)
+
+
+@nnx.jit
+def augmented(model, rgb, latent):
+    return model.decode_augmented(rgb, latent)
+
+
+def rounded_to_fp16(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the model with its weights rounded to fp16 and back (what an fp16 file
+    holds)."""
+    return copy.deepcopy(model).half().float()
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A narrow random UNet1024 saved fp32 and fp16, its inputs and PyTorch's outputs."""
+    root = tmp_path_factory.mktemp("small")
+    model = randomise_(UNet1024(block_out_channels=SMALL), seed=0)
+    fp32 = save(model.state_dict(), root / "decoder_fp32.safetensors")
+    fp16 = save(model.state_dict(), root / "decoder_fp16.safetensors", torch.float16)
+    rng = np.random.default_rng(0)
+    rgb = rng.uniform(size=(2, 64, 64, 3)).astype(np.float32)
+    latent = rng.normal(size=(2, 8, 8, 4)).astype(np.float32)
+    # TTA: one resnet per block (compiles faster), a 64 x 128 input (both rotation shapes)
+    shallow = randomise_(UNet1024(block_out_channels=SMALL, layers_per_block=1), seed=2)
+    wide = (rgb[:1].repeat(2, axis=2), latent[:1].repeat(2, axis=2))
+    with torch.no_grad():
+        out = {"fp32": nhwc(model(nchw(rgb), nchw(latent))),
+               "tta": nhwc(estimate_augmented(shallow, nchw(wide[0]), nchw(wide[1])))}
+        out["fp16"] = nhwc(rounded_to_fp16(model)(nchw(rgb), nchw(latent)))
+    return {"fp32": fp32, "fp16": fp16, "rgb": rgb, "latent": latent, "wide": wide,
+            "out": out, "config": UNet1024Config(block_out_channels=SMALL), "root": root,
+            "model": model, "shallow": save(shallow.state_dict(), root / "shallow.safetensors")}
+
+
+@pytest.fixture(scope="module")
+def small_decoder(small):
+    return load_transparent_decoder(small["fp32"], small["config"])
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    """LayerDiffuse's real decoder config, random, saved fp16 like the released file."""
+    model = rounded_to_fp16(randomise_(UNet1024(), seed=1))
+    path = save(model.state_dict(), tmp_path_factory.mktemp("real") / "decoder.safetensors",
+                torch.float16)
+    rng = np.random.default_rng(1)
+    rgb = rng.uniform(size=(1, 64, 64, 3)).astype(np.float32)
+    latent = rng.normal(size=(1, 8, 8, 4)).astype(np.float32)
+    with torch.no_grad():
+        expected = nhwc(model(nchw(rgb), nchw(latent)))
+    return {"model": model, "path": path, "rgb": rgb, "latent": latent, "expected": expected}
+
+
+def test_every_pytorch_key_fills_one_parameter_of_the_right_shape_at_the_real_config(real):
+    state = real["model"].state_dict()
+    assert len(state) == 538
+    assert sum(v.numel() for v in state.values()) == 104_104_804
+    abstract = nnx.eval_shape(lambda: TransparentVAEDecoder(UNet1024Config(),
+                                                            rngs=ShapeOnlyRngs()))
+    flat = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(abstract, nnx.Param)))
+    ours = {torch_key(p): _torch_shape(p, v.shape) for p, v in flat.items()}
+    assert ours == {k: tuple(v.shape) for k, v in state.items()}
+
+
+def test_fp32_file_matches_pytorch_at_reduced_widths(small, small_decoder):
+    out = predict(small_decoder, small["rgb"], small["latent"])
+    assert_relative(out, small["out"]["fp32"], "raw [alpha, R, G, B]")
+
+
+def test_fp16_file_loads_into_float32_and_matches_pytorch(small):
+    decoder = load_transparent_decoder(small["fp16"], small["config"])
+    assert decoder.conv_in.kernel.dtype == jnp.float32
+    out = predict(decoder, small["rgb"], small["latent"])
+    assert_relative(out, small["out"]["fp16"], "fp16 weights, f32 compute")
+
+
+def test_real_widths_match_pytorch(real):
+    decoder = load_transparent_decoder(real["path"])
+    out = predict(decoder, real["rgb"], real["latent"])
+    assert_relative(out, real["expected"], "real config")
+
+
+def test_augmented_decoding_is_the_lower_median_of_eight_passes(small):
+    config = UNet1024Config(block_out_channels=SMALL, layers_per_block=1)
+    decoder = load_transparent_decoder(small["shallow"], config)
+    out = np.asarray(augmented(decoder, *small["wide"]))
+    expected = small["out"]["tta"]
+    assert_relative(out[..., 3], expected[..., 0], "TTA alpha")
+    assert_relative(out[..., :3], expected[..., 1:], "TTA RGB")
+
+
+def test_sizes_not_multiple_of_64_or_a_wrong_latent_are_input_errors(small_decoder):
+    with pytest.raises(InputError, match="multiples of 64"):
+        small_decoder(jnp.zeros((1, 32, 64, 3)), jnp.zeros((1, 4, 8, 4)))
+    with pytest.raises(InputError, match=r"latent \[1, 8, 8, 4\]"):
+        small_decoder(jnp.zeros((1, 64, 64, 3)), jnp.zeros((1, 16, 16, 4)))
+
+
+def rgba_image(n: int, h: int, w: int, seed: int) -> np.ndarray:
+    """Random RGBA with transparent, opaque and partly transparent regions."""
+    rng = np.random.default_rng(seed)
+    rgba = rng.uniform(size=(n, h, w, 4)).astype(np.float32)
+    rgba[:, : h // 3, :, 3] = 0.0
+    rgba[:, h // 3: h // 2, : w // 2, 3] = 1.0
+    return rgba
+
+
+def test_pad_rgb_matches_layerdiffuse_pyramid_padding():
+    rgba = rgba_image(2, 40, 56, seed=2)
+    rgba[1, :, 30:, 3] = 0.0
+    ours = np.asarray(jax.jit(pad_rgb)(rgba))
+    expected = np.stack([reference_pad_rgb(x) for x in rgba])
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+    opaque = rgba[..., 3] == 1.0
+    np.testing.assert_allclose(ours[opaque], rgba[..., :3][opaque], atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def encoder_file(tmp_path_factory):
+    blocks = rounded_to_fp16(randomise_(offset_encoder(), seed=3))
+    state = {f"blocks.{k}": v for k, v in blocks.state_dict().items()}
+    path = tmp_path_factory.mktemp("encoder") / "vae_transparent_encoder.safetensors"
+    return blocks, save(state, path, torch.float16)
+
+
+def test_offset_encoder_matches_pytorch_on_alpha_and_padded_rgb(encoder_file):
+    blocks, path = encoder_file
+    assert sorted({int(k.split(".")[0]) for k in blocks.state_dict()}) == list(range(0, 17, 2))
+    encoder = load_transparent_encoder(path)
+    rgba = rgba_image(2, 64, 64, seed=4)
+    feed = np.concatenate([rgba[..., 3:], np.stack([reference_pad_rgb(x) for x in rgba])], -1)
+    with torch.no_grad():
+        expected = nhwc(blocks(nchw(feed.astype(np.float32))))
+    assert expected.shape == (2, 8, 8, 4)
+    assert_relative(jax.jit(encoder.offset)(rgba), expected, "offset")
+
+
+# --- LatentCodec mode "layerdiffuse" ------------------------------------------------------
+
+TINY_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=4,
+                down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4,
+                block_out_channels=(8, 8, 8, 8), layers_per_block=1, sample_size=64)
+
+
+@pytest.fixture(scope="module")
+def vae(tmp_path_factory):
+    from diffusers import AutoencoderKL as TorchAutoencoderKL
+
+    folder = tmp_path_factory.mktemp("vae")
+    randomise_(TorchAutoencoderKL(**TINY_VAE), seed=5).save_pretrained(folder)
+    return AutoencoderKL.from_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def converted(small, encoder_file, tmp_path_factory):
+    """A converted folder (small decoder + encoder), written by the library, not the CLI."""
+    from dreamlayer_jax.cli.convert_layerdiffuse import write_folder
+
+    out = tmp_path_factory.mktemp("converted") / "layerdiffuse"
+    write_folder({"decoder": small["fp32"], "encoder": encoder_file[1]}, out)
+    config = json.loads((out / "transparent_decoder" / "config.json").read_text())
+    config["block_out_channels"] = list(SMALL)
+    (out / "transparent_decoder" / "config.json").write_text(json.dumps(config))
+    return out
+
+
+def test_codec_encodes_grey_composite_moved_by_the_offset(vae, converted, encoder_file):
+    transparency = load_transparency(None, converted)
+    assert isinstance(transparency, LayerDiffuseTransparency)
+    assert transparency.encoder is not None
+    codec = LatentCodec(vae, transparency)
+    assert codec.transparency_mode == "layerdiffuse"
+    rgba = rgba_image(1, 64, 64, seed=6)
+    latents, drawn = jax.jit(lambda x: (codec.encode(x), codec.encode(x, jax.random.key(0))))(
+        rgba)
+    assert latents.shape == drawn.shape == (1, 8, 8, 4)
+    grey = 0.5 + (rgba[..., :3] - 0.5) * rgba[..., 3:]
+    np.testing.assert_allclose(grey_composite(rgba), grey)
+    posterior = jax.jit(vae.encode)(grey * 2 - 1)
+    feed = np.concatenate([rgba[..., 3:], np.stack([reference_pad_rgb(x) for x in rgba])], -1)
+    with torch.no_grad():
+        offset = nhwc(encoder_file[0](nchw(feed.astype(np.float32))))
+    expected = (posterior.mean + posterior.std * offset) * vae.config.scaling_factor
+    assert_relative(latents, expected, "scaled latent of grey composite + std * offset")
+    assert not np.allclose(drawn, latents)
+
+
+def test_codec_decodes_unscaled_latents_into_clipped_rgba_with_alpha_last(vae, converted, small):
+    codec = LatentCodec(vae, load_layerdiffuse(converted))
+    latents = np.random.default_rng(7).normal(size=(1, 8, 8, 4)).astype(np.float32)
+    rgba, rgb = jax.jit(lambda z: (codec.decode(z), codec.decode_rgb(z)))(latents)
+    assert rgba.shape == (1, 64, 64, 4)
+    with torch.no_grad():
+        def reference(z):
+            y = np.clip(nhwc(small["model"](nchw(np.asarray(rgb)), nchw(z))), 0, 1)
+            return np.concatenate([y[..., 1:], y[..., :1]], axis=-1)
+
+        expected = reference(latents / vae.config.scaling_factor)
+        scaled = reference(latents)
+    np.testing.assert_allclose(rgba, expected, atol=1e-4)
+    assert float(np.abs(scaled - expected).max()) > 1e-2  # the scaled latent would differ
+
+
+def test_model_folder_config_selects_the_mode_and_the_own_decoder_still_loads(
+        small, converted, tmp_path):
+    assert load_transparency(tmp_path) is None
+    own = tmp_path / "own"
+    TransparencyDecoder(TransparencyDecoderConfig(), rngs=nnx.Rngs(0)).save_pretrained(
+        own / "transparency_decoder")
+    assert isinstance(load_transparency(own), TransparencyDecoder)
+    layered = tmp_path / "layered"
+    (layered / "transparency_decoder").parent.mkdir()
+    (layered / "transparency_decoder").symlink_to(converted)
+    assert isinstance(load_transparency(layered), LayerDiffuseTransparency)
+    assert load_transparency(own, converted).encoder is not None  # the path wins
+    with pytest.raises(WeightsError, match="does not exist"):
+        load_transparency(own, tmp_path / "nowhere.safetensors")
+
+
+# --- SDXL UNet patches ------------------------------------------------------------------
+
+SDXL_SMALL = dict(  # SDXL's block layout (LDM indices as SDXL's), narrow
+    block_out_channels=(16, 32, 32),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    layers_per_block=2, attention_head_dim=(2, 4, 4), transformer_layers_per_block=(1, 1, 2),
+    use_linear_projection=True, cross_attention_dim=16, norm_num_groups=8,
+    addition_embed_type="text_time", addition_time_embed_dim=8,
+    projection_class_embeddings_input_dim=12 + 6 * 8, in_channels=4, out_channels=4,
+    sample_size=8)
+ATTENTION_SITES = ([(f"input_blocks.{i}.1", d) for i, d in ((4, 1), (5, 1), (7, 2), (8, 2))]
+                   + [("middle_block.1", 2)] + [(f"output_blocks.{i}.1", 2) for i in (0, 1, 2)]
+                   + [(f"output_blocks.{i}.1", 1) for i in (3, 4, 5)])
+LORA_MODULES = [f"diffusion_model.{site}.transformer_blocks.{t}.{attn}.{proj}"
+                for site, depth in ATTENTION_SITES for t in range(depth)
+                for attn in ("attn1", "attn2") for proj in ("to_q", "to_k", "to_v", "to_out.0")]
+DIFF_KEYS = [f"diffusion_model.{k}" for k in (
+    "input_blocks.0.0.weight", "input_blocks.1.0.in_layers.2.weight", "input_blocks.3.0.op.weight",
+    "input_blocks.4.0.skip_connection.weight", "input_blocks.4.0.emb_layers.1.bias",
+    "middle_block.0.out_layers.3.weight", "middle_block.1.proj_in.weight",
+    "output_blocks.2.2.conv.weight", "output_blocks.5.2.conv.bias",
+    "output_blocks.8.0.out_layers.0.weight", "output_blocks.6.0.skip_connection.weight",
+    "time_embed.0.weight", "label_emb.0.2.bias", "out.2.weight", "out.0.bias",
+    "input_blocks.7.1.transformer_blocks.1.ff.net.0.proj.weight",
+    "output_blocks.0.1.norm.weight")]
+SD15_KEYS = [f"model.diffusion_model.{k}" for k in (
+    "input_blocks.1.1.proj_in.weight", "input_blocks.2.0.in_layers.0.bias",
+    "input_blocks.3.0.op.bias", "input_blocks.9.0.op.weight",
+    "input_blocks.11.0.skip_connection.bias",
+    "middle_block.2.emb_layers.1.weight", "output_blocks.0.0.in_layers.2.weight",
+    "output_blocks.2.1.conv.weight", "output_blocks.5.2.conv.weight",
+    "output_blocks.5.1.transformer_blocks.0.attn2.to_k.weight", "output_blocks.11.1.proj_out.bias",
+    "output_blocks.8.2.conv.bias", "output_blocks.9.1.norm.weight")]
+
+
+def diffusers_names(ldm_keys: list[str], layers: int, blocks: int) -> dict[str, str]:
+    """diffusers' own single-file converter as the oracle: `{ldm key: diffusers key}`."""
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    prefix = "model.diffusion_model."
+    slots = blocks * (layers + 1)
+    checkpoint = {f"{prefix}{part}.{i}.0.filler": None for part, count in (
+        ("input_blocks", slots), ("output_blocks", slots), ("middle_block", 3))
+        for i in range(count)}
+    checkpoint.update({f"{prefix}label_emb.0.{i}.{leaf}": None
+                       for i in (0, 2) for leaf in ("weight", "bias")})
+    bare = [k.removeprefix("model.").removeprefix("diffusion_model.") for k in ldm_keys]
+    for key in bare:  # the converter moves resamplers' weight and bias together
+        stem, _, leaf = key.rpartition(".")
+        checkpoint[f"{prefix}{stem}.{'bias' if leaf == 'weight' else 'weight'}"] = None
+    checkpoint.update({prefix + k: ("tag", i) for i, k in enumerate(bare)})
+    config = {"layers_per_block": layers, "addition_embed_type": "text_time"}
+    converted = convert_ldm_unet_checkpoint(checkpoint, config)
+    found = {v[1]: k for k, v in converted.items() if isinstance(v, tuple)}
+    return {key: found[i] for i, key in enumerate(ldm_keys)}
+
+
+@pytest.mark.parametrize(("keys", "block_layers"), [(LORA_MODULES, (2, 2, 2)),
+                                                    (DIFF_KEYS, (2, 2, 2)),
+                                                    (SD15_KEYS, (2, 2, 2, 2))])
+def test_ldm_keys_are_renamed_as_diffusers_single_file_converter_does(keys, block_layers):
+    from dreamlayer_jax.io.layerdiffuse import ldm_to_diffusers_key
+
+    keys = [k if k.endswith((".weight", ".bias")) else k + ".weight" for k in keys]
+    expected = diffusers_names(keys, block_layers[0], len(block_layers))
+    assert {k: ldm_to_diffusers_key(k, block_layers) for k in keys} == expected
+
+
+@pytest.fixture(scope="module")
+def sdxl(tmp_path_factory):
+    """A small SDXL-shaped diffusers UNet folder, LoRA and diff patch files for it, and
+    PyTorch's output after merging the same deltas by diffusers' key names."""
+    from diffusers import UNet2DConditionModel as TorchUNet
+
+    root = tmp_path_factory.mktemp("sdxl")
+    torch.manual_seed(8)
+    model = randomise_(TorchUNet(**SDXL_SMALL), seed=8)
+    model.save_pretrained(root / "unet")
+    state = model.state_dict()
+    weights = [m + ".weight" for m in LORA_MODULES]
+    names = diffusers_names(weights + DIFF_KEYS, 2, 3)
+    lora, diff, merged = {}, {}, {k: v.clone() for k, v in state.items()}
+    for module, key in zip(LORA_MODULES, weights):
+        out_dim, in_dim = state[names[key]].shape
+        up, down = 0.1 * torch.randn(out_dim, 4), 0.1 * torch.randn(4, in_dim)
+        lora[f"{module}::lora::0"], lora[f"{module}::lora::1"] = up, down
+        merged[names[key]] += up @ down
+    for key in DIFF_KEYS:
+        delta = 0.05 * torch.randn_like(state[names[key]])
+        diff[f"{key}::diff::0"] = delta
+        merged[names[key]] += delta
+    model.load_state_dict(merged)
+    inputs = (torch.randn(2, 4, 8, 8), torch.tensor([3.0, 500.0]), torch.randn(2, 5, 16),
+              {"text_embeds": torch.randn(2, 12),
+               "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64], [32, 48, 4, 0, 32, 48]])})
+    with torch.no_grad():
+        expected = nhwc(model(*inputs[:3], added_cond_kwargs=inputs[3]).sample)
+    return {"folder": root / "unet", "expected": expected, "inputs": inputs,
+            "lora": save(lora, root / "layer_xl_transparent_attn.safetensors", torch.float16),
+            "diff": save(diff, root / "layer_xl_transparent_conv.safetensors", torch.float16),
+            "lora32": save(lora, root / "attn_fp32.safetensors"),
+            "diff32": save(diff, root / "conv_fp32.safetensors")}
+
+
+def jax_inputs(inputs):
+    sample, t, text, added = inputs
+    return (nhwc(sample), t.numpy(), text.numpy(), {k: v.numpy() for k, v in added.items()})
+
+
+@pytest.fixture(scope="module")
+def sdxl_unet(sdxl):
+    """Our UNet of the SDXL-shaped folder, loaded once: tests merge into `nnx.clone`s."""
+    from dreamlayer_jax.models.unet import UNet2DConditionModel
+
+    return UNet2DConditionModel.from_pretrained(sdxl["folder"])
+
+
+def test_merged_lora_and_diff_patches_match_a_pytorch_merge(sdxl, sdxl_unet):
+    from dreamlayer_jax.io.layerdiffuse import merge_layerdiffuse_attention
+
+    unet = nnx.clone(sdxl_unet)
+    assert merge_layerdiffuse_attention(unet, sdxl["lora32"]) == len(LORA_MODULES)
+    assert merge_layerdiffuse_attention(unet, sdxl["diff32"]) == len(DIFF_KEYS)
+    out = nnx.jit(lambda m, *a: m(*a))(unet, *jax_inputs(sdxl["inputs"]))
+    assert_relative(out, sdxl["expected"], "merged SDXL-shaped UNet")
+
+
+def test_fp16_patches_merge_into_a_dreamlayer_unet_with_lora_adapters(sdxl, sdxl_unet):
+    from dreamlayer_jax.io.layerdiffuse import merge_layerdiffuse_attention
+    from dreamlayer_jax.models.layer_unet import DreamLayerConfig, DreamLayerUNet
+    from dreamlayer_jax.models.lora import LoRALinear
+
+    plain = nnx.clone(sdxl_unet)
+    merge_layerdiffuse_attention(plain, sdxl["lora32"])
+    wrapped = DreamLayerUNet(nnx.clone(sdxl_unet), DreamLayerConfig(lora_rank=2),
+                             rngs=nnx.Rngs(0))
+    merge_layerdiffuse_attention(wrapped, sdxl["lora"])
+    ours, theirs = (nnx.to_pure_dict(nnx.state(m, nnx.Param)) for m in (wrapped.unet, plain))
+    attn = ("down_blocks", 1, "attentions", 0, "transformer_blocks", 0, "attn1")
+    for proj in ("to_q", "to_k", "to_v"):
+        path = (*attn, proj)
+        np.testing.assert_allclose(traverse_util.flatten_dict(ours)[(*path, "kernel")],
+                                   traverse_util.flatten_dict(theirs)[(*path, "kernel")],
+                                   atol=2e-3)  # the fp16 file's deltas, rounded
+    adapter = wrapped.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1.to_q
+    assert isinstance(adapter, LoRALinear)
+    assert not np.asarray(adapter.lora_up.kernel[...]).any()  # adapters left alone
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda s: s.update({"diffusion_model.input_blocks.4.1.transformer_blocks.7.attn1.to_q"
+                         "::lora::0": torch.zeros(16, 4),
+                         "diffusion_model.input_blocks.4.1.transformer_blocks.7.attn1.to_q"
+                         "::lora::1": torch.zeros(4, 16)}),
+     "naming no parameter"),
+    (lambda s: s.update({"diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q"
+                         "::lora::1": torch.zeros(4, 7)}), "mis-shaped"),
+    (lambda s: s.update({"diffusion_model.output_blocks.99.0.in_layers.0::lora::0":
+                         torch.zeros(2, 4), "diffusion_model.output_blocks.99.0.in_layers.0"
+                         "::lora::1": torch.zeros(4, 2)}), "no diffusers UNet name"),
+    (lambda s: s.pop("diffusion_model.middle_block.1.transformer_blocks.0.attn2.to_v"
+                     "::lora::1"), "malformed lora"),
+])
+def test_a_patch_that_does_not_fit_leaves_the_unet_unchanged(sdxl, sdxl_unet, tmp_path, edit,
+                                                              message):
+    from safetensors.torch import load_file
+
+    from dreamlayer_jax.io.layerdiffuse import merge_layerdiffuse_attention
+
+    state = load_file(str(sdxl["lora32"]))
+    edit(state)
+    unet = sdxl_unet  # unchanged by every case, or the test fails
+    before = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(unet, nnx.Param)))
+    with pytest.raises(WeightsError, match=message):
+        merge_layerdiffuse_attention(unet, save(state, tmp_path / "bad.safetensors"))
+    after = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(unet, nnx.Param)))
+    jax.tree.map(np.testing.assert_array_equal, before, after)
+
+
+# --- bad files and the converter --------------------------------------------------------
+
+def bad_file(kind: str, small: dict, folder: Path) -> Path:
+    """A broken copy of the small fp16 decoder."""
+    from safetensors.torch import load_file
+
+    path = folder / f"{kind}.safetensors"
+    if kind == "truncated":
+        data = small["fp16"].read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        return path
+    state = load_file(str(small["fp16"]))
+    if kind == "nan":
+        state["mid_block.attentions.0.to_q.weight"][0, 0] = float("nan")
+    elif kind == "keys":
+        state.pop("conv_out.bias")
+        state["conv_out.extra"] = torch.zeros(1, dtype=torch.float16)
+    elif kind == "shapes":  # the narrow decoder where the real config is expected
+        return small["fp16"]
+    return save(state, path)
+
+
+BAD = {"truncated": "cannot read weights file", "nan": "1 tensors hold NaN or Inf",
+       "keys": r"missing: conv_out\.bias.*unexpected: conv_out\.extra",
+       "shapes": r"mis-shaped: .*conv_in\.weight \(8, 3, 3, 3\) \(expected \(32, 3, 3, 3\)\)"}
+
+
+@pytest.mark.parametrize("kind", list(BAD))
+def test_a_broken_decoder_file_is_one_weights_error(small, tmp_path, kind):
+    with pytest.raises(WeightsError, match=BAD[kind]):
+        load_transparent_decoder(bad_file(kind, small, tmp_path))
+
+
+def test_converter_writes_a_folder_that_loads_with_the_weights_unchanged(
+        real, encoder_file, sdxl, sdxl_unet, tmp_path):
+    from dreamlayer_jax.cli.convert_layerdiffuse import main
+    from dreamlayer_jax.io.layerdiffuse import merge_layerdiffuse_attention
+
+    out = tmp_path / "out" / "layerdiffuse"
+    files = [real["path"], encoder_file[1], sdxl["lora"], sdxl["diff"]]
+    assert main([*map(str, files), "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["_class_name"] == "LayerDiffuse"
+    assert set(config["parts"]) == {"decoder", "encoder", "lora", "diff"}
+    for file, part in zip(files, ("transparent_decoder", "transparent_encoder", "unet_lora",
+                                  "unet_diff")):
+        copied = out / part / "diffusion_pytorch_model.safetensors"
+        assert copied.read_bytes() == file.read_bytes()
+        assert json.loads((out / part / "config.json").read_text())["source_file"] == file.name
+    decoder_config = json.loads((out / "transparent_decoder" / "config.json").read_text())
+    assert decoder_config["_class_name"] == "UNet1024"
+    assert UNet1024Config.from_dict(decoder_config) == UNet1024Config()
+    assert merge_layerdiffuse_attention(nnx.clone(sdxl_unet), out) == (
+        len(LORA_MODULES) + len(DIFF_KEYS))
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("kind", ["truncated", "nan", "keys", "shapes", "twice", "missing"])
+def test_converter_refuses_bad_input_with_one_line_and_writes_nothing(
+        small, tmp_path, capsys, kind):
+    from dreamlayer_jax.cli.convert_layerdiffuse import main
+
+    if kind == "twice":
+        files = [small["fp16"], small["fp32"]]
+    elif kind == "missing":
+        files = [tmp_path / "nowhere.safetensors"]
+    else:
+        files = [bad_file(kind, small, tmp_path)]
+    out = tmp_path / "out"
+    assert main([*map(str, files), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    assert kind != "twice" or "two LayerDiffuse decoder files" in err[0]
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_converter_entry_point_exits_2_on_a_file_that_is_not_layerdiffuse(tmp_path):
+    bogus = save({"weight": torch.zeros(2)}, tmp_path / "bogus.safetensors")
+    result = subprocess.run(
+        [sys.executable, "-m", "dreamlayer_jax.cli.convert_layerdiffuse", str(bogus), "--out",
+         str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        result.stderr.strip()] and "not a LayerDiffuse file" in result.stderr
+    assert not (tmp_path / "out").exists()
