@@ -317,3 +317,37 @@ def test_paper_edit_scales_a_layer_about_its_opaque_centre(pipe, saved_dir):
     np.testing.assert_array_equal(scaled.latents[:2], saved[:2])
     assert np.abs(scaled.latents[2] - saved[2]).max() > 1e-3
     assert np.isfinite(scaled.latents).all()
+
+
+def test_a_latent_codecs_alpha_decoder_takes_its_weights_as_arguments():
+    from flax import nnx
+
+    from dreamlayer_jax.codecs.alpha import decode_alphas, split_alpha_decoder
+    from dreamlayer_jax.codecs.latent import LatentCodec
+    from dreamlayer_jax.codecs.transparency import (
+        TransparencyDecoder,
+        TransparencyDecoderConfig,
+    )
+    from dreamlayer_jax.models.vae import AutoencoderKL, VAEConfig
+
+    def codec(seed):
+        vae = AutoencoderKL(VAEConfig(block_out_channels=(8, 16), norm_num_groups=4,
+                                      down_block_types=("DownEncoderBlock2D",) * 2,
+                                      up_block_types=("UpDecoderBlock2D",) * 2),
+                            rngs=nnx.Rngs(seed))
+        decoder = TransparencyDecoder(TransparencyDecoderConfig(
+            downsample=2, hidden_channels=8, norm_num_groups=4), rngs=nnx.Rngs(seed + 1))
+        return LatentCodec(vae, decoder)
+
+    z = jax.random.normal(jax.random.key(0), (2, 4, 4, 4))
+    first, second = codec(0), codec(5)
+    got = decode_alphas(*split_alpha_decoder(first), z)
+    decoded = np.asarray(jax.jit(first.decode)(z))[..., 3:]  # [2, 8, 8, 1]: 2x2 blocks
+    want = decoded.reshape(2, 4, 2, 4, 2, 1).mean(axis=(2, 4))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+    compiled = decode_alphas._cache_size()
+    other = decode_alphas(*split_alpha_decoder(second), z)  # other weights, same program
+    assert decode_alphas._cache_size() == compiled
+    assert np.abs(np.asarray(other) - np.asarray(got)).max() > 1e-4
+    opaque = decode_alphas(*split_alpha_decoder(LatentCodec(first.vae)), z)
+    np.testing.assert_array_equal(np.asarray(opaque), 1.0)
