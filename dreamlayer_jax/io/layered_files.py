@@ -5,8 +5,14 @@ foregrounds `uint8 [H, W, 4]` (straight alpha) in paint order, and `names`: eith
 per layer *including the background* (`names[0]` names the background, `names[k + 1]`
 the foreground `layers[k]`), or one per foreground only, the background then being
 named "background". Foregrounds are stored cropped to their alpha's bounding box
-at the right offset, as painting programs do. Files are written atomically (to a
-temporary file next to the target, then renamed).
+at the right offset, as painting programs do.
+
+The file's flattened picture (PSD: the merged image; ORA: `mergedimage.png`) is the
+rendering of the visible stack, as every reader expects. A model's own `global_layer`
+(its finished picture, which need not equal the stack) goes in as one more layer on
+top, hidden and named `GLOBAL_LAYER_NAME`, so that nothing is lost and the two formats
+agree. Files are written atomically (to a temporary file next to the target, then
+renamed) with the permissions a plain `open()` would give (`0o666` less the umask).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from dreamlayer_jax.data.image_io import encode_png
 from dreamlayer_jax.errors import InputError, OutputError
 
 DEFAULT_BACKGROUND_NAME = "background"
+GLOBAL_LAYER_NAME = "global layer (generated picture, hidden)"
 PSD_MAX_NAME = 255
 ORA_THUMBNAIL = 256
 
@@ -69,6 +76,35 @@ def _crop(layer: np.ndarray) -> tuple[np.ndarray, int, int]:
     return layer[y0:y1, x0:x1], x0, y0
 
 
+def current_umask() -> int:
+    """The process's umask (read from /proc where possible: setting it to read it is
+    not thread-safe)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: str | os.PathLike, recursive: bool = False) -> None:
+    """Give `path` the mode a plain `open()` / `mkdir()` would have given it (`0o666`
+    for a file, `0o777` for a folder, less the umask). `tempfile` creates files 0600
+    and folders 0700; an atomic rename would otherwise keep those. With `recursive`,
+    everything under a folder too."""
+    mask = current_umask()
+    path = Path(path)
+    paths = [path] + (sorted(path.rglob("*")) if recursive and path.is_dir() else [])
+    for item in paths:
+        if item.is_symlink():
+            continue
+        os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
+
+
 def _write_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     path = Path(path)
     try:
@@ -79,6 +115,7 @@ def _write_atomically(path: str | os.PathLike, write: Callable[[Path], None]) ->
         raise OutputError(f"{path}: cannot write ({exc})") from exc
     try:
         write(Path(temp))
+        follow_umask(temp)
         os.replace(temp, path)
     except OSError as exc:
         raise OutputError(f"{path}: cannot write ({exc})") from exc
@@ -88,17 +125,31 @@ def _write_atomically(path: str | os.PathLike, write: Callable[[Path], None]) ->
     return path
 
 
+def _check_global(global_layer: np.ndarray | None, height: int, width: int) -> None:
+    if global_layer is None:
+        return
+    if (global_layer.dtype != np.uint8 or global_layer.ndim != 3
+            or global_layer.shape[:2] != (height, width) or global_layer.shape[-1] not in (3, 4)):
+        raise InputError(
+            f"global_layer must be uint8 [{height}, {width}, 3], got "
+            f"{global_layer.dtype} {list(global_layer.shape)}"
+        )
+
+
 def write_psd(
     path: str | os.PathLike,
     background: np.ndarray,
     layers: Sequence[np.ndarray],
     names: Sequence[str],
+    global_layer: np.ndarray | None = None,
 ) -> Path:
     """Write an 8-bit RGB Photoshop file: the background as the bottom layer, then the
     foregrounds in paint order, named after `names` (unicode kept, cut to 255
-    characters). The file's flattened image (what viewers without layer support show)
-    is the composite of those layers. Returns the path written."""
+    characters), then `global_layer` (uint8 `[H, W, 3]`, if given) hidden on top. The
+    file's flattened image (what viewers without layer support show) is the composite
+    of the visible layers. Returns the path written."""
     height, width, names = _check_inputs(background, layers, names)
+    _check_global(global_layer, height, width)
 
     def write(target: Path) -> None:
         psd = PSDImage.new("RGB", (width, height))
@@ -107,18 +158,25 @@ def write_psd(
             layer = PixelLayer.fromarray(np.ascontiguousarray(pixels), psd, top=top, left=left)
             layer.name = name[:PSD_MAX_NAME]
             psd.append(layer)
+        if global_layer is not None:
+            layer = PixelLayer.fromarray(np.ascontiguousarray(global_layer), psd)
+            layer.name = GLOBAL_LAYER_NAME
+            layer.visible = False
+            psd.append(layer)
         psd.save(target)
 
     return _write_atomically(path, write)
 
 
-def _stack_xml(width: int, height: int, entries: list[tuple[str, str, int, int]]) -> bytes:
-    """OpenRaster stack.xml; `entries` are `(name, src, x, y)`, top layer first."""
+def _stack_xml(
+    width: int, height: int, entries: list[tuple[str, str, int, int, bool]]
+) -> bytes:
+    """OpenRaster stack.xml; `entries` are `(name, src, x, y, visible)`, top layer first."""
     image = ET.Element(
         "image", {"version": "0.0.6", "w": str(width), "h": str(height), "xres": "72", "yres": "72"}
     )
     stack = ET.SubElement(image, "stack")
-    for name, src, x, y in entries:
+    for name, src, x, y, visible in entries:
         ET.SubElement(
             stack,
             "layer",
@@ -128,7 +186,7 @@ def _stack_xml(width: int, height: int, entries: list[tuple[str, str, int, int]]
                 "x": str(x),
                 "y": str(y),
                 "opacity": "1.000",
-                "visibility": "visible",
+                "visibility": "visible" if visible else "hidden",
                 "composite-op": "svg:src-over",
             },
         )
@@ -140,27 +198,27 @@ def write_ora(
     background: np.ndarray,
     layers: Sequence[np.ndarray],
     names: Sequence[str],
-    composite: np.ndarray | None = None,
+    global_layer: np.ndarray | None = None,
 ) -> Path:
     """Write an OpenRaster file (opens in GIMP, Krita, MyPaint).
 
     The zip holds `mimetype` first and uncompressed, `stack.xml` listing the layers top
-    first, `data/*.png`, `mergedimage.png` (`composite`, uint8 `[H, W, 3]`; the
-    alpha-composite of the layers when None) and `Thumbnails/thumbnail.png` (at most
-    256 pixels a side). Returns the path written.
+    first (`global_layer`, uint8 `[H, W, 3]`, if given, hidden on top), `data/*.png`,
+    `mergedimage.png` (the composite of the visible layers, as OpenRaster defines it)
+    and `Thumbnails/thumbnail.png` (at most 256 pixels a side). Returns the path
+    written.
     """
     height, width, names = _check_inputs(background, layers, names)
-    if composite is None:
-        composite = alpha_composite(np.asarray(background), list(layers))
-    elif composite.dtype != np.uint8 or composite.shape != (height, width, 3):
-        raise InputError(
-            f"composite must be uint8 [{height}, {width}, 3], got "
-            f"{composite.dtype} {list(composite.shape)}"
-        )
+    _check_global(global_layer, height, width)
+    merged = alpha_composite(np.asarray(background), list(layers))
     pieces = [(np.asarray(background), 0, 0)] + [_crop(layer) for layer in layers]
     srcs = [f"data/layer{index:03d}.png" for index in range(len(pieces))]
-    entries = [(name, src, x, y) for name, src, (_, x, y) in zip(names, srcs, pieces)]
-    thumbnail = Image.fromarray(composite)
+    entries = [(name, src, x, y, True) for name, src, (_, x, y) in zip(names, srcs, pieces)]
+    if global_layer is not None:
+        pieces.append((np.asarray(global_layer), 0, 0))
+        srcs.append("data/global.png")
+        entries.append((GLOBAL_LAYER_NAME, srcs[-1], 0, 0, False))
+    thumbnail = Image.fromarray(merged)
     thumbnail.thumbnail((ORA_THUMBNAIL, ORA_THUMBNAIL))
     buffer = io.BytesIO()
     thumbnail.save(buffer, format="PNG")
@@ -172,7 +230,7 @@ def write_ora(
             for src, (pixels, _, _) in zip(srcs, pieces):
                 archive.writestr(src, encode_png(pixels), compress_type=zipfile.ZIP_STORED)
             archive.writestr(
-                "mergedimage.png", encode_png(composite), compress_type=zipfile.ZIP_STORED
+                "mergedimage.png", encode_png(merged), compress_type=zipfile.ZIP_STORED
             )
             archive.writestr(
                 "Thumbnails/thumbnail.png", buffer.getvalue(), compress_type=zipfile.ZIP_STORED

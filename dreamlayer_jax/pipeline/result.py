@@ -15,7 +15,7 @@ from PIL import Image
 
 from dreamlayer_jax.data.compositing import preview_strip
 from dreamlayer_jax.errors import OutputError
-from dreamlayer_jax.io.layered_files import write_ora, write_psd
+from dreamlayer_jax.io.layered_files import follow_umask, write_ora, write_psd
 from dreamlayer_jax.pipeline.scene import Scene
 
 
@@ -59,6 +59,7 @@ class LayeredResult:
             raise OutputError(f"cannot write to {str(parent)!r}: {exc.strerror}") from exc
         try:
             self._write_files(tmp)
+            follow_umask(tmp, recursive=True)  # not mkdtemp's 0700 / mkstemp's 0600
             if out.is_dir():
                 out.rmdir()
             os.replace(tmp, out)
@@ -79,7 +80,7 @@ class LayeredResult:
             files.append(name)
         Image.fromarray(self.composite).save(folder / "composite.png")
         names = self.layer_names()
-        write_psd(folder / "layers.psd", self.background, self.layers, names)
+        write_psd(folder / "layers.psd", self.background, self.layers, names, self.composite)
         write_ora(folder / "layers.ora", self.background, self.layers, names, self.composite)
         Image.fromarray(preview_strip(self.background, self.layers, self.composite)).save(
             folder / "preview.png"
