@@ -88,7 +88,7 @@ def test_paper_model_samples_without_any_box(tiny_paper_model_dir, tmp_path):
     out = tmp_path / "out"
     proc = run_sample("--model", tiny_paper_model_dir, "--layer", "a red star", "--layer",
                       "a green ring", "--background", "a blue wall", "--steps", "2",
-                      "--out", out,
+                      "--irh-restart", "700", "--irh-stop", "300", "--out", out,
                       "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not any(line.startswith(("error", "warning")) for line in proc.stderr.splitlines())
@@ -100,6 +100,7 @@ def test_paper_model_samples_without_any_box(tiny_paper_model_dir, tmp_path):
     assert record["layers"] == [{"prompt": "a red star", "file": "layer_01.png"},
                                 {"prompt": "a green ring", "file": "layer_02.png"}]
     assert Scene.from_json(out / "scene.json").boxless == [1, 2]
+    assert (record["variant"], record["irh_restart"], record["irh_stop"]) == ("paper", 700, 300)
 
     from PIL import Image
     from psd_tools import PSDImage
@@ -128,7 +129,7 @@ def _refused(main_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture
     (["--layer", LONG, "--layer", LONG], "add up to 38 tokens with [SOS] and [EOS], but the "
                                          "global layer's concatenated prompt holds 32"),
     (["--layer", "a red star", "--irh-stop", "700"],
-     "T_H'=700 (--irh-stop) must not exceed T_H=600 (--irh-restart)"),
+     "irh_stop (T_H' = 700) must not exceed irh_restart (T_H = 600)"),
     (["--layer", "a red star", "--irh-restart", "300", "--irh-stop", "500"],
      "--irh-stop 500 (T_H') must not exceed --irh-restart 300 (T_H)"),
     (["--layer", "a red star", "--irh-restart=-5"], "--irh-restart must be a timestep >= 0"),
@@ -150,13 +151,13 @@ def test_box_model_refuses_a_layer_without_a_box(tiny_model_dir, tmp_path, capsy
 
 
 def test_a_prompt_given_to_a_paper_model_is_only_recorded_with_a_warning():
-    from dreamlayer_jax.cli.sample import build_parser, check_against_model
+    from dreamlayer_jax.cli.sample import build_parser, warn_ignored_prompt
     from dreamlayer_jax.models.layer_unet import DreamLayerConfig
 
     pipe = SimpleNamespace(config=DreamLayerConfig(variant="paper"))
     args = build_parser().parse_args(["--prompt", "p", "--background", "b"])
     with pytest.warns(UserWarning, match="--prompt is only recorded"):
-        check_against_model(pipe, args)
+        warn_ignored_prompt(pipe, args)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        check_against_model(SimpleNamespace(config=DreamLayerConfig()), args)
+        warn_ignored_prompt(SimpleNamespace(config=DreamLayerConfig()), args)

@@ -85,36 +85,24 @@ def scene_from_args(args: argparse.Namespace) -> Scene:
                  tuple(parse_layer_arg(t) for t in args.layer))
 
 
-def check_against_model(pipe: DreamLayerPipeline, args: argparse.Namespace) -> None:
-    """What needs the loaded model: IRH's window, and a --prompt the model ignores.
-
-    (Too many layers, a box-variant model given a layer without a box and too long a
-    concatenated prompt are refused by the pipeline, before sampling.)"""
-    config = pipe.config
-    if config.variant != "paper":
-        return
-    restart = config.irh_restart if args.irh_restart is None else args.irh_restart
-    stop = config.irh_stop if args.irh_stop is None else args.irh_stop
-    if stop > restart:
-        raise InputError(f"IRH's window: T_H'={stop:g} (--irh-stop) must not exceed "
-                         f"T_H={restart:g} (--irh-restart)")
-    if args.prompt is not None:
+def warn_ignored_prompt(pipe: DreamLayerPipeline, args: argparse.Namespace) -> None:
+    """A --prompt given to a paper-variant model: recorded, but its global layer reads
+    the layers' prompts (too many layers, a box-variant model given a layer without a
+    box, too long a concatenation and IRH's window against the model's are refused by
+    the pipeline itself, before sampling)."""
+    if pipe.config.variant == "paper" and args.prompt is not None:
         warnings.warn("the paper variant's global layer reads the layers' prompts "
                       "concatenated: --prompt is only recorded", stacklevel=2)
 
 
 def pipeline_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword arguments of `DreamLayerPipeline.__call__` the flags set (IRH's
-    window only when given: the model's `irh_restart` / `irh_stop` otherwise)."""
-    kwargs: dict[str, Any] = {
-        "num_inference_steps": args.steps, "guidance_scale": args.guidance, "seed": args.seed,
-        "caca": not args.no_caca, "lssa": not args.no_lssa, "irh": not args.no_irh,
-        "irh_start": args.irh_start, "irh_retain": args.irh_retain,
-        "progress": not args.no_progress}
-    for name in ("irh_restart", "irh_stop"):
-        if getattr(args, name) is not None:
-            kwargs[name] = getattr(args, name)
-    return kwargs
+    """The keyword arguments of `DreamLayerPipeline.__call__` the flags set (None: the
+    model's value)."""
+    return {"num_inference_steps": args.steps, "guidance_scale": args.guidance,
+            "seed": args.seed, "caca": not args.no_caca, "lssa": not args.no_lssa,
+            "irh": not args.no_irh, "irh_start": args.irh_start,
+            "irh_retain": args.irh_retain, "irh_restart": args.irh_restart,
+            "irh_stop": args.irh_stop, "progress": not args.no_progress}
 
 
 def _generate(argv: list[str]) -> int:
@@ -126,7 +114,7 @@ def _generate(argv: list[str]) -> int:
     from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
 
     pipe = DreamLayerPipeline.from_pretrained(args.model, scheduler=args.scheduler)
-    check_against_model(pipe, args)
+    warn_ignored_prompt(pipe, args)
     result = pipe(scene, **pipeline_kwargs(args))
     saved = result.save(out)
     print(f"wrote {len(result.layers)} foreground layers, background and composite to {saved}/")

@@ -16,7 +16,6 @@ from dreamlayer_jax.cli.common import (
     parse_layer_arg,
 )
 from dreamlayer_jax.errors import InputError
-from dreamlayer_jax.pipeline.scene import FULL_BOX, Layer
 
 
 def decompose_main(argv: list[str]) -> int:
@@ -25,7 +24,7 @@ def decompose_main(argv: list[str]) -> int:
     p.add_argument("image", type=Path, help="the picture (PNG/JPEG; resized to the model's "
                                             "resolution with a warning)")
     p.add_argument("--layer", action="append", default=[], metavar="TEXT[@x0,y0,x1,y1]",
-                   help="a foreground (repeat); without a box it covers the whole picture")
+                   help="a foreground (repeat); box variant: no box = the whole picture")
     p.add_argument("--background", required=True, help="the background's prompt")
     p.add_argument("--prompt", default=None, help="the whole picture's prompt")
     add_sampling_args(p)
@@ -44,8 +43,6 @@ def decompose_main(argv: list[str]) -> int:
     from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
 
     pipe = DreamLayerPipeline.from_pretrained(args.model, scheduler=args.scheduler)
-    if pipe.config.variant == "box":  # a layer given without a box covers the whole picture
-        layers = [Layer(l.prompt, FULL_BOX if l.box is None else l.box) for l in layers]
     result = pipe.decompose(image, layers, args.background, args.prompt,
                             num_inference_steps=args.steps, guidance_scale=args.guidance,
                             seed=args.seed, progress=not args.no_progress)
@@ -59,6 +56,8 @@ def edit_main(argv: list[str]) -> int:
     p.add_argument("dir", type=Path, help="a folder written by sample.py")
     p.add_argument("--move", action="append", default=[], metavar="I:DX,DY")
     p.add_argument("--scale", action="append", default=[], metavar="I:FACTOR")
+    p.add_argument("--flip", action="append", default=[], metavar="I",
+                   help="mirror a layer left-right")
     p.add_argument("--delete", action="append", default=[], metavar="I")
     p.add_argument("--reprompt", action="append", default=[], metavar="I:TEXT")
     p.add_argument("--order", default=None, metavar="I,J,...", help="new paint order")
@@ -70,9 +69,10 @@ def edit_main(argv: list[str]) -> int:
     from dreamlayer_jax.pipeline.edit_ops import parse_edit_ops
 
     ops = parse_edit_ops(move=args.move, scale=args.scale, delete=args.delete,
-                         reprompt=args.reprompt, order=args.order)
+                         reprompt=args.reprompt, order=args.order, flip=args.flip)
     if not ops:
-        raise InputError("nothing to do: give --move, --scale, --delete, --reprompt or --order")
+        raise InputError("nothing to do: give --move, --scale, --flip, --delete, --reprompt "
+                         "or --order")
     if args.steps is not None and args.steps < 1:
         raise InputError(f"--steps must be a positive integer, got {args.steps}")
     check_output_folder(args.out)
