@@ -105,7 +105,7 @@ def test_paper_model_samples_without_any_box(tiny_paper_model_dir, tmp_path):
     from PIL import Image
     from psd_tools import PSDImage
 
-    assert [layer.name for layer in PSDImage.open(out / "layers.psd")] == [
+    assert [layer.name for layer in PSDImage.open(out / "layers.psd") if layer.visible] == [
         "background", "01 a red star", "02 a green ring"]
     assert Image.open(out / "layer_01.png").mode == "RGBA"
 
