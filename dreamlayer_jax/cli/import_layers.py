@@ -1,11 +1,16 @@
 """`python -m dreamlayer_jax.cli.import_layers FILES... --out DIR`: layered files -> scenes.
 
-Each Photoshop (.psd) or OpenRaster (.ora) file given (a folder stands for the layered
-files in it) becomes one scene folder `DIR/<file stem>/` (see `data/scene_folder.py`),
-ready for the `dreamlayer_scenes` dataset builder. Unreadable files are skipped, each
-named on stderr with its reason, and counted; the run fails (exit code 2, nothing
-written) only when no file at all could be imported. `DIR` appears complete or not at
-all.
+Each Photoshop (.psd, .psb) or OpenRaster (.ora) file given (a folder stands for the
+layered files in it) becomes one scene folder `DIR/<file stem>/` (see
+`data/scene_folder.py`), ready for the `dreamlayer_scenes` dataset builder, provided
+its layers reproduce its own flattened picture (see `data/importers.py`). Files that
+cannot be read, or not imported faithfully, are skipped, each named on stderr with its
+reason, and counted; the run fails (exit code 2, nothing written) only when no file at
+all could be imported. `DIR` appears complete or not at all.
+
+`--check` writes nothing: it prints one line per file saying what would be imported
+(its layers, what was baked into them, what was skipped) or why it is refused, for
+curating a dataset folder.
 """
 
 from __future__ import annotations
@@ -17,15 +22,23 @@ import tempfile
 from pathlib import Path
 
 from dreamlayer_jax.cli.common import ArgumentParser, check_output_folder, run_cli
-from dreamlayer_jax.errors import DataError, OutputError
+from dreamlayer_jax.errors import DataError, InputError, OutputError
+
+DEFAULT_TOLERANCE = 6  # data.importers.TOLERANCE, without importing numpy for --help
 
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="dreamlayer-import-layers",
                        description=__doc__.split("\n\n")[0].split(": ", 1)[1])
     p.add_argument("files", nargs="+", type=Path, metavar="FILE",
-                   help=".psd / .ora files, or folders holding them")
-    p.add_argument("--out", type=Path, required=True, help="output folder (new or empty)")
+                   help=".psd / .psb / .ora files, or folders holding them")
+    p.add_argument("--out", type=Path, help="output folder (new or empty)")
+    p.add_argument("--check", action="store_true",
+                   help="write nothing; print per file what would be imported, baked or "
+                        "refused")
+    p.add_argument("--tolerance", type=int, default=DEFAULT_TOLERANCE, metavar="LEVELS",
+                   help="how far (of 255) a pixel of the layers' composite may be from the "
+                        f"file's flattened picture (default {DEFAULT_TOLERANCE})")
     return p
 
 
@@ -40,13 +53,36 @@ def unique_names(paths: list[str]) -> list[str]:
     return names
 
 
+def _check(args) -> int:
+    from dreamlayer_jax.data.importers import check_layered_files
+
+    checks = check_layered_files(args.files, tolerance=args.tolerance)
+    if not checks:
+        raise DataError("no layered file found (.psd, .psb or .ora)")
+    for check in checks:
+        print(check.line())
+    statuses = [check.status for check in checks]
+    empty = sum(check.empty_layers for check in checks if check.scene is not None)
+    print(f"{len(checks)} files: {statuses.count('import')} to import, "
+          f"{statuses.count('refuse')} refused, {statuses.count('error')} unreadable; "
+          f"{empty} empty layers would be skipped")
+    return 0
+
+
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    if args.tolerance < 0:
+        raise InputError(f"--tolerance must be >= 0, got {args.tolerance}")
+    if args.check:
+        return _check(args)
+    if args.out is None:
+        raise InputError("--out is required (or --check to only report)")
     check_output_folder(args.out)
     from dreamlayer_jax.data.importers import import_layered_files
     from dreamlayer_jax.data.scene_folder import write_scene_folder
+    from dreamlayer_jax.io.layered_files import follow_umask
 
-    scenes, report = import_layered_files(args.files)
+    scenes, report = import_layered_files(args.files, tolerance=args.tolerance)
     if not scenes:
         raise DataError(f"no layered file could be imported ({report.summary()})")
     for item in report.skipped:
@@ -62,6 +98,7 @@ def _main(argv: list[str] | None) -> int:
         names = unique_names([scene.meta["source"] for scene in scenes])
         for scene, name in zip(scenes, names, strict=True):
             write_scene_folder(scene, tmp / name)
+        follow_umask(tmp)  # mkdtemp made it 0700
         if out.is_dir():
             out.rmdir()
         os.replace(tmp, out)

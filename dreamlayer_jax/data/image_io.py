@@ -2,7 +2,9 @@
 
 Scene files come from many tools: 16-bit, palette, grayscale, grayscale+alpha and RGB
 PNGs all occur. Everything is converted to 8-bit straight-alpha RGBA first; an RGB
-result is that RGBA flattened over white (the way a viewer shows it).
+result is that RGBA flattened over white (the way a viewer shows it). With
+`to_srgb=True` an embedded ICC profile other than sRGB (an iCCP chunk, as Krita writes
+into OpenRaster layers) is applied, so the colours come out in sRGB.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageCms
 
 from dreamlayer_jax.errors import DataError
 
@@ -57,8 +59,39 @@ def flatten_over_white(rgba: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
-def decode_image(data: bytes | Path, name: str, channels: int) -> np.ndarray:
-    """Decode an image file (path or bytes) to uint8 `[H, W, channels]` (3 or 4).
+def icc_to_srgb(rgba: np.ndarray, icc: bytes | None) -> np.ndarray:
+    """uint8 RGBA whose colours are in the ICC profile `icc` (RGB or gray) -> sRGB.
+
+    Returned unchanged when there is no profile, it is sRGB already, or it cannot be
+    used (an unreadable profile, another colour space)."""
+    if not icc:
+        return rgba
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if ImageCms.getProfileDescription(profile).strip().startswith("sRGB"):
+            return rgba
+        space = profile.profile.xcolor_space.strip()
+        if space == "RGB":
+            source = Image.fromarray(np.ascontiguousarray(rgba[..., :3]))
+        elif space == "GRAY":
+            source = Image.fromarray(np.ascontiguousarray(rgba[..., 0]))
+        else:
+            return rgba
+        converted = ImageCms.profileToProfile(
+            source, profile, ImageCms.createProfile("sRGB"), outputMode="RGB",
+            renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC)
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return rgba
+    out = np.concatenate([np.asarray(converted, np.uint8), rgba[..., 3:]], axis=-1)
+    out[out[..., 3] == 0] = 0
+    return out
+
+
+def decode_image(
+    data: bytes | Path, name: str, channels: int, to_srgb: bool = False
+) -> np.ndarray:
+    """Decode an image file (path or bytes) to uint8 `[H, W, channels]` (3 or 4), its
+    ICC profile applied when `to_srgb`.
 
     Raises DataError naming `name` when the file is missing or not a readable image.
     """
@@ -67,8 +100,12 @@ def decode_image(data: bytes | Path, name: str, channels: int) -> np.ndarray:
         with Image.open(source) as image:
             image.load()
             rgba = pil_to_rgba(image)
+            if to_srgb:
+                rgba = icc_to_srgb(rgba, image.info.get("icc_profile"))
     except FileNotFoundError as exc:
         raise DataError(f"{name}: file not found") from exc
+    except Image.UnidentifiedImageError as exc:  # its text names a BytesIO object
+        raise DataError(f"{name}: not a readable image (unknown image format)") from exc
     except _DECODE_ERRORS as exc:
         raise DataError(f"{name}: not a readable image ({exc})") from exc
     return rgba if channels == 4 else flatten_over_white(rgba)

@@ -1,63 +1,65 @@
-"""Importing layered Photoshop (.psd) and OpenRaster (.ora) files as `LayeredScene`s.
+"""Importing layered files (Photoshop .psd / .psb, OpenRaster .ora) as `LayeredScene`s.
 
-The bottom visible pixel layer is the background, the other visible pixel layers are
-the foregrounds in paint order (layer opacity and, for PSD, an enabled pixel mask are
-folded into the alpha). Each foreground's box is its alpha's bounding box normalised to
-`[0, 1]`. Prompts are the layer names unless a sidecar JSON file (same stem, `.json`,
-or `prompts_json`) gives them:
+The rule: a file is imported only if its imported layers, composited the way the scene
+format defines (straight-alpha "over", bottom first, over a white backdrop), reproduce
+the file's own flattened picture within `tolerance`. What plain RGBA layers cannot hold
+is either baked into the layer where that is exact (masks, opacity, clipped layers,
+drawable effects, group opacity...; `data/psd_import.py`, `data/ora_import.py` list
+them) or the file is refused in one line naming the layer and the feature; nothing is
+dropped silently. `check_layered_file` says what would be imported, baked or refused.
+
+The bottom visible non-empty layer is the background (over white), the others the
+foregrounds in paint order; fully transparent layers are skipped (and counted), hidden
+ones ignored. Each foreground's box is its alpha's bounding box in `[0, 1]`. Prompts
+are the layer names (control characters removed) unless a sidecar JSON file (same
+stem, `.json`, or `prompts_json`) gives them:
 
     {"prompt": "a cat on a sofa", "background": "a sofa", "layers": ["a cat"]}
 
-The composite is the file's own flattened image (PSD: `psd.composite()`, ORA:
-`mergedimage.png`, else the alpha-composite of the layers).
+An unnamed layer has no prompt: the file is refused unless the sidecar names it. The
+scene's composite is the file's flattened picture (PSD: the stored merged image, or
+psd-tools' rendering when the file has none; ORA: `mergedimage.png`, or the layers'
+composite when it is missing), flattened over white.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import warnings
 import xml.etree.ElementTree as ET
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from psd_tools import PSDImage
 
 from dreamlayer_jax.data.compositing import alpha_bbox, alpha_composite
-from dreamlayer_jax.data.image_io import decode_image, flatten_over_white, pil_to_rgba
+from dreamlayer_jax.data.image_io import flatten_over_white
+from dreamlayer_jax.data.layer_stack import LayerStack, RefusedError, refuse
 from dreamlayer_jax.data.scene import LayeredScene
 from dreamlayer_jax.data.skip_report import SkipReport
 from dreamlayer_jax.errors import DataError
 
-SUPPORTED_SUFFIXES = (".psd", ".ora")
+PSD_SUFFIXES = (".psd", ".psb")
+ORA_SUFFIXES = (".ora",)
+SUPPORTED_SUFFIXES = PSD_SUFFIXES + ORA_SUFFIXES
+# A pixel "differs" when a channel of the layers' composite and of the file's flattened
+# picture are more than TOLERANCE levels (of 255) apart. A file is refused when more
+# than OUTLIER_FRACTION of its pixels differ, or any pixel by more than OUTLIER_LIMIT.
+# 8-bit rounding in the painting programs stays within a few levels; the few outliers
+# allowed are anti-aliased edges drawn or composited slightly differently (vector
+# shapes psd-tools renders, documents composited in CMYK, Lab or linear light).
+TOLERANCE = 6
+OUTLIER_FRACTION = 0.001
+OUTLIER_LIMIT = 64
 
 
-def _paste(canvas: np.ndarray, patch: np.ndarray, left: int, top: int) -> np.ndarray:
-    """Copy `patch` into `canvas` (in place) with its top-left corner at `(left, top)`,
-    cutting what sticks out. Works for `[H, W]` and `[H, W, C]` arrays."""
-    height, width = canvas.shape[:2]
-    h, w = patch.shape[:2]
-    x0, y0 = max(left, 0), max(top, 0)
-    x1, y1 = min(left + w, width), min(top + h, height)
-    if x0 < x1 and y0 < y1:
-        canvas[y0:y1, x0:x1] = patch[y0 - top : y1 - top, x0 - left : x1 - left]
-    return canvas
-
-
-def _on_canvas(
-    rgba: np.ndarray, left: int, top: int, height: int, width: int, coverage: Any = 1.0
-) -> np.ndarray:
-    """A `[h, w, 4]` layer placed at `(left, top)` on a transparent `[height, width, 4]`
-    canvas, its alpha multiplied by `coverage` (opacity, mask: a scalar or `[H, W]`)."""
-    canvas = _paste(np.zeros((height, width, 4), dtype=np.uint8), rgba, left, top)
-    if not (np.isscalar(coverage) and coverage == 1.0):
-        canvas[..., 3] = np.rint(canvas[..., 3] * coverage).astype(np.uint8)
-    canvas[canvas[..., 3] == 0] = 0
-    return canvas
-
-
+# -- sidecar prompts --------------------------------------------------------------------
 def _read_prompts(path: Path, prompts_json: str | os.PathLike | None) -> dict[str, Any] | None:
     """The sidecar prompts: `prompts_json` if given, else `<stem>.json` if it exists."""
     sidecar = Path(prompts_json) if prompts_json is not None else path.with_suffix(".json")
@@ -83,29 +85,62 @@ def _prompt_of(value: Any, where: Path, name: str) -> str:
     return value
 
 
-def _assemble(
-    path: Path,
-    kind: str,
-    named_layers: list[tuple[str, np.ndarray]],
-    composite: np.ndarray | None,
-    prompts_json: str | os.PathLike | None,
-) -> LayeredScene:
-    """Build the scene from the file's visible pixel layers, bottom first."""
-    if not named_layers:
-        raise DataError(f"{path}: no visible pixel layer")
-    names = [name for name, _ in named_layers]
-    background = flatten_over_white(named_layers[0][1])
-    foregrounds = [rgba for _, rgba in named_layers[1:]]
+# -- the check: do the layers add up to the flattened picture? -------------------------
+def _verify(path: Path, stack: LayerStack, layers: list, recomposed: np.ndarray,
+            reference: np.ndarray, tolerance: int, notes: list[str]) -> int:
+    """The largest difference; raises RefusedError when too many pixels differ."""
+    difference = np.abs(recomposed.astype(np.int16) - reference.astype(np.int16)).max(axis=-1)
+    largest = int(difference.max(initial=0))
+    outliers = int(np.count_nonzero(difference > tolerance))
+    limit = max(tolerance, OUTLIER_LIMIT)
+    if outliers <= OUTLIER_FRACTION * difference.size and largest <= limit:
+        return largest
+    y, x = np.unravel_index(int(np.argmax(difference)), difference.shape)
+    under = "outside every layer"
+    for layer in reversed(stack.layers):  # topmost first, empty ones included
+        x0, y0, x1, y1 = layer.area or (0, 0, stack.width, stack.height)
+        if layer.rgba[y, x, 3] > 0 or (x0 <= x < x1 and y0 <= y < y1 and layer.area):
+            under = f"under {layer.where}"
+            break
+    prefix = under.removeprefix("under ") + ": "
+    features = [note[len(prefix):] for note in notes if note.startswith(prefix)]
+    extra = f" ({'; '.join(features)})" if features else ""
+    raise refuse(path, f"the layers do not reproduce {stack.reference_note}: "
+                       f"{outliers} pixels differ by more than {tolerance} levels (largest "
+                       f"{largest} at x={x}, y={y}, {under}{extra})")
+
+
+def _assemble(path: Path, stack: LayerStack, prompts_json: str | os.PathLike | None,
+              tolerance: int) -> LayeredScene:
+    """The scene from a file's baked layers, checked against its flattened picture."""
+    layers = []
+    for layer in stack.layers:
+        if layer.empty:
+            stack.empty_layers += 1
+            stack.skipped.append(f"empty {layer.where}")
+        else:
+            layers.append(layer)
+    if not layers:
+        raise refuse(path, "no visible layer with pixels")
+    background = flatten_over_white(layers[0].rgba)
+    foregrounds = [layer.rgba for layer in layers[1:]]
     height, width = background.shape[:2]
+    recomposed = alpha_composite(background, foregrounds)
+    largest = 0
+    if stack.reference is not None:
+        if stack.reference.shape[:2] != (height, width):
+            raise DataError(f"{path}: flattened picture size differs from the canvas")
+        composite = flatten_over_white(stack.reference)
+        largest = _verify(path, stack, layers, recomposed, composite, tolerance, stack.baked)
+    else:
+        composite = recomposed
 
     boxes = []
-    for name, rgba in named_layers[1:]:
-        box = alpha_bbox(rgba[..., 3])
-        if box is None:
-            raise DataError(f"{path}: layer '{name}' is fully transparent")
-        x0, y0, x1, y1 = box
+    for rgba in foregrounds:
+        x0, y0, x1, y1 = alpha_bbox(rgba[..., 3])
         boxes.append((x0 / width, y0 / height, x1 / width, y1 / height))
 
+    names = [layer.name for layer in layers]
     background_prompt, layer_prompts, prompt = names[0], names[1:], None
     spec = _read_prompts(path, prompts_json)
     if spec is not None:
@@ -122,15 +157,25 @@ def _assemble(
             layer_prompts = [_prompt_of(v, where, f"layers[{i}]") for i, v in enumerate(listed)]
         if "prompt" in spec:
             prompt = _prompt_of(spec["prompt"], where, "prompt")
-
+    for layer, text in zip(layers, [background_prompt] + layer_prompts):
+        if not text.strip():
+            raise refuse(path, f"{layer.where} has no name to use as its prompt: name it, or "
+                               f"give the prompts in {path.with_suffix('.json').name}")
     if prompt is None:  # "<layer 1> and <layer 2> in front of <background>"
         prompt = " in front of ".join(
             filter(None, [" and ".join(layer_prompts), background_prompt])
         )
-    if composite is None:
-        composite = alpha_composite(background, foregrounds)
-    elif composite.shape[:2] != (height, width):
-        raise DataError(f"{path}: flattened image size differs from the canvas")
+    meta = {
+        "source": str(path),
+        "format": stack.kind,
+        "layer_names": names,
+        "import": {
+            "baked": list(stack.baked),
+            "skipped": list(stack.skipped),
+            "flattened": stack.reference_note,
+            "max_difference": largest,
+        },
+    }
     try:
         return LayeredScene(
             prompt=prompt,
@@ -140,126 +185,163 @@ def _assemble(
             layers=foregrounds,
             boxes=boxes,
             composite=composite,
-            meta={"source": str(path), "format": kind, "layer_names": names},
+            meta=meta,
         )
     except DataError as exc:
         raise DataError(f"{path}: {exc}") from exc
 
 
-def _psd_layer(layer: Any, height: int, width: int) -> np.ndarray | None:
-    """A PSD layer on the canvas as uint8 RGBA, with its opacity and pixel mask applied."""
-    image = layer.topil()
-    if image is None:
-        return None
-    coverage = np.float32(layer.opacity / 255.0)
-    if layer.has_mask() and not layer.mask.disabled:
-        mask = layer.mask
-        full = np.full((height, width), mask.background_color, dtype=np.float32)
-        mask_image = mask.topil()
-        if mask_image is not None:
-            grey = np.asarray(mask_image.convert("L"), dtype=np.float32)
-            _paste(full, grey, mask.left, mask.top)
-        coverage = coverage * full / 255.0
-    return _on_canvas(pil_to_rgba(image), layer.left, layer.top, height, width, coverage)
+# -- reading ----------------------------------------------------------------------------
+class _Collect(logging.Handler):
+    def __init__(self, into: list[str]):
+        super().__init__(logging.WARNING)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(" ".join(record.getMessage().split()))
 
 
-def import_psd(
-    path: str | os.PathLike, prompts_json: str | os.PathLike | None = None
-) -> LayeredScene:
-    """Read a layered Photoshop file as a `LayeredScene` (see the module docstring).
-
-    Raises DataError naming the file when it cannot be read or has no usable layers.
-    """
-    path = Path(path)
+@contextmanager
+def _parser_messages(into: list[str]) -> Iterator[None]:
+    """Collect psd-tools' log lines and Python warnings into `into` instead of stderr."""
+    logger = logging.getLogger("psd_tools")
+    handler, propagate = _Collect(into), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
     try:
-        psd = PSDImage.open(path)
-        height, width = psd.height, psd.width
-        named_layers = []
-        for layer in psd.descendants():
-            if layer.is_group() or not layer.is_visible() or not layer.has_pixels():
-                continue
-            rgba = _psd_layer(layer, height, width)
-            if rgba is not None:
-                named_layers.append((layer.name, rgba))
-        composite = flatten_over_white(pil_to_rgba(psd.composite()))
-    except FileNotFoundError as exc:
-        raise DataError(f"{path}: file not found") from exc
-    except Exception as exc:  # psd-tools raises many kinds of errors on damaged files
-        raise DataError(f"{path}: cannot read PSD ({type(exc).__name__}: {exc})") from exc
-    return _assemble(path, "psd", named_layers, composite, prompts_json)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+        into.extend(" ".join(str(w.message).split()) for w in caught)
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
-def _ora_layers(
-    element: ET.Element, opacity: float, found: list[tuple[str, str, int, int, float]]
-) -> None:
-    """Collect visible `(name, src, x, y, opacity)` under a stack element, top first."""
-    for child in element:
-        if child.get("visibility", "visible") == "hidden":
-            continue
-        child_opacity = opacity * float(child.get("opacity", "1"))
-        if child.tag == "stack":
-            _ora_layers(child, child_opacity, found)
-        elif child.tag == "layer" and child.get("src"):
-            x, y = int(float(child.get("x", "0"))), int(float(child.get("y", "0")))
-            found.append((child.get("name", ""), child.get("src"), x, y, child_opacity))
+def _read_stack(path: Path, messages: list[str]) -> LayerStack:
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise DataError(f"{path}: not a layered file (expected one of {SUPPORTED_SUFFIXES})")
+    with _parser_messages(messages):
+        if suffix in PSD_SUFFIXES:
+            from dreamlayer_jax.data.psd_import import read_psd_stack
+
+            try:
+                return read_psd_stack(path)
+            except DataError:
+                raise
+            except FileNotFoundError as exc:
+                raise DataError(f"{path}: file not found") from exc
+            except MemoryError as exc:
+                raise DataError(f"{path}: too large to read") from exc
+            except Exception as exc:  # psd-tools raises many kinds of errors on damaged files
+                raise DataError(f"{path}: cannot read PSD ({type(exc).__name__}: {exc})") from exc
+        from dreamlayer_jax.data.ora_import import read_ora_stack
+
+        try:
+            return read_ora_stack(path)
+        except DataError:
+            raise
+        except FileNotFoundError as exc:
+            raise DataError(f"{path}: file not found") from exc
+        except (OSError, zipfile.BadZipFile, KeyError, ValueError, ET.ParseError) as exc:
+            raise DataError(f"{path}: cannot read OpenRaster file ({exc})") from exc
 
 
-def import_ora(
-    path: str | os.PathLike, prompts_json: str | os.PathLike | None = None
-) -> LayeredScene:
-    """Read an OpenRaster file as a `LayeredScene` (see the module docstring).
+@dataclass
+class FileCheck:
+    """What importing one file gives: the scene, or why it is refused / unreadable,
+    with what was baked and skipped on the way."""
 
-    Raises DataError naming the file when it cannot be read or has no usable layers.
-    """
+    path: Path
+    scene: LayeredScene | None = None
+    reason: str = ""
+    refused: bool = False  # readable, but not importable faithfully
+    baked: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    empty_layers: int = 0
+
+    @property
+    def status(self) -> str:
+        return "import" if self.scene is not None else "refuse" if self.refused else "error"
+
+    def line(self) -> str:
+        """One line for `import_layers --check`."""
+        if self.scene is None:
+            text = self.reason
+            prefix = f"{self.path}: "
+            text = text[len(prefix):] if text.startswith(prefix) else text
+            return f"{self.status:7s}{self.path}: {text}"
+        scene = self.scene
+        layers = [f"background {scene.background_prompt!r}"]
+        layers += [repr(prompt) for prompt in scene.layer_prompts]
+        text = f"import {self.path}: {1 + scene.num_foregrounds} layers ({', '.join(layers)})"
+        for label, items in (("baked", self.baked), ("skipped", self.skipped),
+                             ("warnings", self.warnings)):
+            if items:
+                text += f"; {label}: " + ", ".join(items)
+        return text
+
+
+def check_layered_file(
+    path: str | os.PathLike, prompts_json: str | os.PathLike | None = None,
+    tolerance: int = TOLERANCE,
+) -> FileCheck:
+    """Import one file, never raising for the file's sake: the `FileCheck` holds the
+    scene or the one-line reason."""
     path = Path(path)
+    check = FileCheck(path)
+    stack = None
     try:
-        with zipfile.ZipFile(path) as archive:
-            root = ET.fromstring(archive.read("stack.xml"))
-            if root.tag != "image":
-                raise DataError(f"{path}: stack.xml's root is <{root.tag}>, not <image>")
-            width, height = int(root.get("w", "0")), int(root.get("h", "0"))
-            if width <= 0 or height <= 0:
-                raise DataError(f"{path}: stack.xml gives no canvas size")
-            found: list[tuple[str, str, int, int, float]] = []
-            _ora_layers(root, 1.0, found)
-            named_layers = []
-            for name, src, x, y, opacity in reversed(found):
-                pixels = decode_image(archive.read(src), f"{path}:{src}", channels=4)
-                named_layers.append(
-                    (name, _on_canvas(pixels, x, y, height, width, np.float32(opacity)))
-                )
-            composite = None
-            if "mergedimage.png" in archive.namelist():
-                merged = archive.read("mergedimage.png")
-                composite = decode_image(merged, f"{path}:mergedimage.png", channels=3)
-    except DataError:
-        raise
-    except FileNotFoundError as exc:
-        raise DataError(f"{path}: file not found") from exc
-    except (OSError, zipfile.BadZipFile, KeyError, ValueError, ET.ParseError) as exc:
-        raise DataError(f"{path}: cannot read OpenRaster file ({exc})") from exc
-    return _assemble(path, "ora", named_layers, composite, prompts_json)
+        stack = _read_stack(path, check.warnings)
+        check.scene = _assemble(path, stack, prompts_json, tolerance)
+    except RefusedError as exc:
+        check.reason, check.refused = str(exc), True
+    except DataError as exc:
+        check.reason = str(exc)
+    if stack is not None:
+        check.baked, check.skipped = list(stack.baked), list(stack.skipped)
+        check.warnings += stack.warnings
+        check.empty_layers = stack.empty_layers
+    return check
 
 
 def import_layered_file(
-    path: str | os.PathLike, prompts_json: str | os.PathLike | None = None
+    path: str | os.PathLike, prompts_json: str | os.PathLike | None = None,
+    tolerance: int = TOLERANCE,
 ) -> LayeredScene:
-    """`import_psd` or `import_ora`, by the file's suffix."""
+    """Read a .psd / .psb / .ora file as a `LayeredScene` (see the module docstring).
+
+    Raises DataError naming the file when it cannot be read, and its subclass
+    RefusedError when it cannot be imported faithfully (naming the layer and feature).
+    """
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".psd":
-        return import_psd(path, prompts_json)
-    if suffix == ".ora":
-        return import_ora(path, prompts_json)
-    raise DataError(f"{path}: not a layered file (expected one of {SUPPORTED_SUFFIXES})")
+    stack = _read_stack(path, [])
+    return _assemble(path, stack, prompts_json, tolerance)
 
 
-def import_layered_files(
-    paths: Iterable[str | os.PathLike],
-) -> tuple[list[LayeredScene], SkipReport]:
-    """Import every .psd / .ora file given (a folder stands for the layered files in
-    it), skipping unreadable ones. Returns `(scenes, report)`; the report counts what
-    was loaded and names each skipped file with its reason."""
+def import_psd(path: str | os.PathLike, prompts_json: str | os.PathLike | None = None,
+               tolerance: int = TOLERANCE) -> LayeredScene:
+    """`import_layered_file` for a Photoshop file (.psd or .psb)."""
+    path = Path(path)
+    if path.suffix.lower() not in PSD_SUFFIXES:
+        raise DataError(f"{path}: not a Photoshop file (expected {PSD_SUFFIXES})")
+    return import_layered_file(path, prompts_json, tolerance)
+
+
+def import_ora(path: str | os.PathLike, prompts_json: str | os.PathLike | None = None,
+               tolerance: int = TOLERANCE) -> LayeredScene:
+    """`import_layered_file` for an OpenRaster file (.ora)."""
+    path = Path(path)
+    if path.suffix.lower() not in ORA_SUFFIXES:
+        raise DataError(f"{path}: not an OpenRaster file (expected .ora)")
+    return import_layered_file(path, prompts_json, tolerance)
+
+
+def layered_file_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """The files to import: each file given, and the layered files in each folder given
+    (sorted, hidden ones left out)."""
     files: list[Path] = []
     for entry in map(Path, paths):
         if entry.is_dir():
@@ -270,12 +352,33 @@ def import_layered_files(
             )
         else:
             files.append(entry)
-    scenes, report = [], SkipReport()
-    for file in files:
-        try:
-            scenes.append(import_layered_file(file))
-        except DataError as exc:
-            report.add(file, str(exc))
-            continue
-        report.loaded += 1
-    return scenes, report
+    return files
+
+
+def check_layered_files(paths: Iterable[str | os.PathLike], tolerance: int = TOLERANCE
+                        ) -> list[FileCheck]:
+    """`check_layered_file` for every file of `layered_file_paths(paths)`."""
+    return [check_layered_file(file, tolerance=tolerance) for file in layered_file_paths(paths)]
+
+
+def report_of(checks: list[FileCheck]) -> SkipReport:
+    """The `SkipReport` of a list of checks: loaded, skipped with reasons, empty layers."""
+    report = SkipReport()
+    for check in checks:
+        if check.scene is None:
+            report.add(check.path, check.reason)
+        else:
+            report.loaded += 1
+            report.count("empty layers skipped", check.empty_layers)
+    return report
+
+
+def import_layered_files(
+    paths: Iterable[str | os.PathLike], tolerance: int = TOLERANCE,
+) -> tuple[list[LayeredScene], SkipReport]:
+    """Import every .psd / .psb / .ora file given (a folder stands for the layered files
+    in it), skipping unreadable and refused ones. Returns `(scenes, report)`; the report
+    counts what was loaded and the empty layers skipped, and names each skipped file
+    with its reason."""
+    checks = check_layered_files(paths, tolerance)
+    return [c.scene for c in checks if c.scene is not None], report_of(checks)

@@ -24,10 +24,16 @@ class SkipReport:
 
     loaded: int = 0
     skipped: list[SkippedItem] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)  # e.g. "empty layers skipped"
 
     def add(self, path: object, reason: str) -> None:
         """Record that `path` was skipped because of `reason`."""
         self.skipped.append(SkippedItem(str(path), " ".join(str(reason).split())))
+
+    def count(self, what: str, number: int = 1) -> None:
+        """Count `number` more of `what` (parts of loaded items left out, and such)."""
+        if number:
+            self.counts[what] += number
 
     @property
     def num_skipped(self) -> int:
@@ -38,8 +44,11 @@ class SkipReport:
         return Counter(item.reason.replace(item.path, "<item>") for item in self.skipped)
 
     def summary(self) -> str:
-        """One line, e.g. `loaded 98, skipped 2 (first: a/scene.json: not valid JSON)`."""
+        """One line, e.g. `loaded 98, skipped 2, 3 empty layers skipped (first: a/scene.json:
+        not valid JSON)`."""
         text = f"loaded {self.loaded}, skipped {self.num_skipped}"
+        for what, number in sorted(self.counts.items()):
+            text += f", {number} {what}"
         if self.skipped:
             first = self.skipped[0]
             text += f" (first: {first.path}: {first.reason})"
