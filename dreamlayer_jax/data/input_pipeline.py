@@ -27,12 +27,23 @@ orbax handler with its argument classes, `grain.checkpoint.CheckpointSave` /
         data=grain.checkpoint.CheckpointRestore(batches)))   # sets `batches`' state in place
 
 Each host writes its own `process_<i>-of-<n>.json` inside the `data` item.
+
+Curriculum by layer count (`curriculum=((0, 1), (60_000, 3))`: scenes with 1
+foreground until step 60k, then up to 3): each stage is the pipeline above over the
+host's scenes within its limit (own shuffle, seeded by the seed, host and stage), and
+batch `k` comes from the stage that step `k` falls in, as that stage's batch `k - start`
+(`StagedBatches`). Every batch is still a pure function of its position, so the stage
+switch happens at the same step however often the run was resumed, and the iterator's
+state (its next position) resumes exactly on either side of it. `L_max` stays fixed:
+the batches' shapes never change, and the train step compiles once.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import functools
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,6 +57,7 @@ from dreamlayer_jax.data.batch import (
     TrainBatch,
     check_max_layers,
     collate,
+    max_foregrounds,
     pad_example,
 )
 from dreamlayer_jax.errors import ConfigError, DataError
@@ -105,6 +117,108 @@ def _check_probability(name: str, value: float) -> float:
     return float(value)
 
 
+Curriculum = Sequence[tuple[int, int]]
+
+
+def check_curriculum(curriculum: Curriculum, max_layers: int | None = None
+                     ) -> tuple[tuple[int, int], ...]:
+    """`curriculum` as `((start_step, max_foregrounds), ...)`; ConfigError unless the first
+    stage starts at step 0, starts increase and every limit lies in `[0, L_max - 2]`
+    (`[0, inf)` without `max_layers`)."""
+    stages = tuple((int(start), int(limit)) for start, limit in curriculum)
+    starts = [start for start, _ in stages]
+    room = sys.maxsize if max_layers is None else max_foregrounds(max_layers)
+    if not stages or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:],
+                                                                  strict=False)):
+        raise ConfigError(f"curriculum {stages} must start at step 0 with increasing steps")
+    bad = [limit for _, limit in stages if not 0 <= limit <= room]
+    if bad:
+        if max_layers is None:
+            raise ConfigError(f"curriculum limits {bad} must be >= 0")
+        raise ConfigError(f"curriculum limits {bad} must lie in [0, {room}] (max_layers="
+                          f"{max_layers} holds {room} foregrounds)")
+    return stages
+
+
+def count_foregrounds(source: Sequence[Any], indices: Sequence[int] | None = None
+                      ) -> np.ndarray:
+    """`int64[N]`: the foreground count of the scenes `indices` (default all) of `source`.
+
+    A source may offer `foreground_counts()` (all its scenes' counts, e.g. from a stored
+    `num_foregrounds` field, without decoding pixels); otherwise each scene is read once.
+    """
+    indices = np.arange(len(source)) if indices is None else np.asarray(indices, np.int64)
+    fast = getattr(source, "foreground_counts", None)
+    if callable(fast):
+        return np.asarray(fast(), np.int64)[indices]
+    return np.array([len(source[int(i)]["layer_prompts"]) for i in indices], np.int64)
+
+
+class SubsetSource:
+    """The scenes `indices` of `source`, as a random-access source (picklable)."""
+
+    def __init__(self, source: Sequence[Any], indices: np.ndarray) -> None:
+        self.source, self.indices = source, np.asarray(indices, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.source[int(self.indices[index])]
+
+
+class StagedBatches(grain.MapDataset):
+    """Batch `k` is batch `k - starts[s]` of `stages[s]`, `s` the last stage with
+    `starts[s] <= k` (each stage an endless `MapDataset` of batches)."""
+
+    def __init__(self, stages: Sequence[grain.MapDataset], starts: Sequence[int]) -> None:
+        super().__init__(list(stages))
+        self._starts = tuple(int(s) for s in starts)
+
+    def __len__(self) -> int:
+        return sys.maxsize
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        stage = bisect.bisect_right(self._starts, index) - 1
+        return self.parents[stage][index - self._starts[stage]]
+
+    def __str__(self) -> str:
+        return f"StagedBatches(starts={self._starts})"
+
+
+def _batches(dataset: grain.MapDataset, seed: int, num_epochs: int | None, max_layers: int,
+             augment: Augment, batch_size: int) -> grain.MapDataset:
+    """shuffle -> repeat -> pad to `L_max` -> augment -> batch."""
+    dataset = dataset.seed(seed).shuffle().repeat(num_epochs)
+    dataset = dataset.map(functools.partial(pad_example, max_layers=max_layers))
+    dataset = dataset.random_map(augment)
+    return dataset.batch(int(batch_size), drop_remainder=True, batch_fn=collate)
+
+
+def _stage_datasets(source: Sequence[Any], host: slice, stages: tuple[tuple[int, int], ...],
+                    counts: np.ndarray | None, seed: int, shard_index: int,
+                    batch_size: int, max_layers: int, augment: Augment) -> StagedBatches:
+    """The curriculum's batches: one pipeline per stage over the host's fitting scenes."""
+    host_indices = np.arange(len(source))[host]
+    counts = (count_foregrounds(source, host_indices) if counts is None
+              else np.asarray(counts, np.int64)[host_indices])
+    parts = []
+    for number, (start, limit) in enumerate(stages):
+        picked = host_indices[counts <= limit]
+        if len(picked) < batch_size:
+            raise DataError(
+                f"curriculum stage {number} (from step {start}, at most {limit} foregrounds): "
+                f"host shard {shard_index} holds {len(picked)} such scenes, fewer than "
+                f"batch_size={batch_size}")
+        stage_seed = int(np.random.SeedSequence([seed, shard_index, number + 1])
+                         .generate_state(1)[0])
+        parts.append(_batches(grain.MapDataset.source(SubsetSource(source, picked)),
+                              stage_seed, None, max_layers, augment, batch_size))
+    return StagedBatches(parts, [start for start, _ in stages])
+
+
 def make_train_dataset(
     source: Sequence[Any],
     *,
@@ -119,6 +233,8 @@ def make_train_dataset(
     worker_count: int = 0,
     read_threads: int = 2,
     prefetch_batches: int = 2,
+    curriculum: Curriculum = (),
+    foreground_counts: np.ndarray | None = None,
 ) -> grain.IterDataset:
     """The pipeline as a grain `IterDataset` of `TrainBatch`es (see `make_train_iterator`)."""
     max_layers = check_max_layers(max_layers)
@@ -139,19 +255,25 @@ def make_train_dataset(
         _check_probability("prompt_dropout", prompt_dropout),
     )
 
-    dataset = grain.MapDataset.source(source)
-    dataset = dataset[shard_slice(len(dataset), int(shard_index), int(shard_count))]
-    if len(dataset) < batch_size:
-        raise DataError(
-            f"host shard {shard_index} of {shard_count} holds {len(dataset)} scenes "
-            f"(of {len(source)}), fewer than batch_size={batch_size}"
-        )
-    # One stream per host: hosts neither share shuffles nor augmentation draws.
-    host_seed = int(np.random.SeedSequence([int(seed), int(shard_index)]).generate_state(1)[0])
-    dataset = dataset.seed(host_seed).shuffle().repeat(num_epochs)
-    dataset = dataset.map(functools.partial(pad_example, max_layers=max_layers))
-    dataset = dataset.random_map(augment)
-    dataset = dataset.batch(int(batch_size), drop_remainder=True, batch_fn=collate)
+    host = shard_slice(len(source), int(shard_index), int(shard_count))
+    if curriculum:
+        if num_epochs is not None:
+            raise ConfigError("a curriculum repeats each stage's scenes until the next stage "
+                              f"starts: num_epochs must be None, got {num_epochs}")
+        dataset = _stage_datasets(source, host, check_curriculum(curriculum, max_layers),
+                                  foreground_counts, int(seed), int(shard_index),
+                                  int(batch_size), max_layers, augment)
+    else:
+        dataset = grain.MapDataset.source(source)[host]
+        if len(dataset) < batch_size:
+            raise DataError(
+                f"host shard {shard_index} of {shard_count} holds {len(dataset)} scenes "
+                f"(of {len(source)}), fewer than batch_size={batch_size}"
+            )
+        # One stream per host: hosts neither share shuffles nor augmentation draws.
+        host_seed = int(np.random.SeedSequence([int(seed), int(shard_index)])
+                        .generate_state(1)[0])
+        dataset = _batches(dataset, host_seed, num_epochs, max_layers, augment, batch_size)
     iter_dataset = dataset.to_iter_dataset(
         grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches)
     )
@@ -180,6 +302,8 @@ def make_train_iterator(
     worker_count: int = 0,
     read_threads: int = 2,
     prefetch_batches: int = 2,
+    curriculum: Curriculum = (),
+    foreground_counts: np.ndarray | None = None,
 ) -> grain.DatasetIterator:
     """A checkpointable iterator of `TrainBatch`es over this host's shard of `source`.
 
@@ -196,6 +320,10 @@ def make_train_iterator(
       worker_count: grain worker processes (0: threads in this process only).
       read_threads, prefetch_batches: grain `ReadOptions` (threads assembling batches,
         batches buffered ahead).
+      curriculum: `((start_step, max_foregrounds), ...)` stages, the first at step 0
+        (batch `k` is step `k`'s); () draws from every scene (module docstring).
+      foreground_counts: `int[len(source)]` each scene's foreground count, if known
+        (else counted with `count_foregrounds`, which reads the host's scenes once).
 
     The iterator has `get_state()` / `set_state(state)`; a fresh iterator made with the
     same arguments and given a saved state yields the same batches the original did.
@@ -213,6 +341,8 @@ def make_train_iterator(
         worker_count=worker_count,
         read_threads=read_threads,
         prefetch_batches=prefetch_batches,
+        curriculum=curriculum,
+        foreground_counts=foreground_counts,
     )
     return iter(dataset)
 

@@ -19,7 +19,7 @@ from typing import Any
 from dreamlayer_jax.errors import ConfigError
 
 MODES = ("diffusion", "transparency")
-TRAIN_PARAMS = ("all", "dreamlayer")  # all UNet weights, or only role embedding + LoRA
+TRAIN_PARAMS = ("all", "dreamlayer", "kv")  # optimizer.param_labels says which leaves each trains
 DTYPES = ("float32", "bfloat16")
 
 
@@ -36,6 +36,9 @@ class TrainConfig:
     max_layers: int = 0  # L_max of the batch; 0 = the model's max_layers
     dreamlayer: dict[str, Any] = field(default_factory=dict)  # DreamLayerConfig overrides
     mode: str = "diffusion"
+    # (start_step, max_foregrounds) stages: from `start_step` on, scenes with at most
+    # `max_foregrounds` foregrounds (input_pipeline.make_train_dataset); () = all scenes
+    curriculum: tuple[tuple[int, int], ...] = ()
     # optimisation
     seed: int = 0
     num_steps: int = 1000
@@ -49,7 +52,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     grad_accum: int = 1
     ema_decay: float = 0.999
-    train_params: str = "all"
+    train_params: str = "all"  # "all" | "dreamlayer" | "kv" (optimizer.param_labels)
     compute_dtype: str = "float32"  # "bfloat16": bf16 compute, f32 master weights
     # objective
     prediction_type: str = ""  # "" = the scheduler's
@@ -59,6 +62,9 @@ class TrainConfig:
     prompt_dropout: float = 0.1
     caca: bool = True
     lssa: bool = True
+    # the paper variant with CACA: L = L_noise + w_c L_c + w_layout L_layout (paper: 1, 1)
+    context_loss_weight: float = 1.0
+    layout_loss_weight: float = 1.0
     max_nonfinite: int = 10  # consecutive skipped steps before the run stops
     # scale
     mesh: tuple[int, int, int] = (-1, 1, 1)  # (data, fsdp, layer)
@@ -70,12 +76,19 @@ class TrainConfig:
     log_every: int = 10
     sample_every: int = 0  # 0 = never
     sample_steps: int = 10
+    sample_scheduler: str = ""  # eval sampling's scheduler ("ddim", ...); "" = the model's
     eval_scenes: int = 4
     export: bool = True
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        try:  # JSON and literal overrides give lists: stages are tuples of ints
+            stages = tuple((int(start), int(limit)) for start, limit in self.curriculum)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"train config: curriculum={self.curriculum!r} must be "
+                              "(start_step, max_foregrounds) pairs") from exc
+        object.__setattr__(self, "curriculum", stages)
         self.validate()
 
     def validate(self) -> None:
@@ -122,6 +135,17 @@ class TrainConfig:
             raise ConfigError(f"train config: dreamlayer has unknown keys {unknown}")
         if self.max_layers and self.max_layers < 3:
             raise ConfigError(f"train config: max_layers={self.max_layers} must be >= 3")
+        if min(self.context_loss_weight, self.layout_loss_weight) < 0:
+            raise ConfigError("train config: context_loss_weight and layout_loss_weight "
+                              "must be >= 0")
+        if self.curriculum:
+            from dreamlayer_jax.data.input_pipeline import check_curriculum
+
+            check_curriculum(self.curriculum)  # the limits are checked against L_max later
+        if self.sample_scheduler:
+            from dreamlayer_jax.schedulers.config import resolve_kind
+
+            resolve_kind(self.sample_scheduler)  # ConfigError on an unknown name
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -136,6 +160,8 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
                     raise ValueError(value)
                 return value.lower() in ("true", "1")
             return bool(value)
+        if name == "curriculum":
+            return value  # TrainConfig.__post_init__ makes it pairs of ints
         if isinstance(default, tuple):
             return tuple(type(d)(v) for d, v in zip(default, value, strict=True))
         if isinstance(default, int | float | str):

@@ -22,7 +22,11 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from dreamlayer_jax.attention.backends import resolve_backend
-from dreamlayer_jax.data.input_pipeline import make_eval_scenes, make_train_iterator
+from dreamlayer_jax.data.input_pipeline import (
+    check_curriculum,
+    make_eval_scenes,
+    make_train_iterator,
+)
 from dreamlayer_jax.data.scene_example import scene_to_example
 from dreamlayer_jax.data.synthetic import SyntheticSceneGenerator
 from dreamlayer_jax.errors import ConfigError, DataError, DreamLayerError, NumericalError
@@ -44,6 +48,7 @@ from dreamlayer_jax.training.step import (
 )
 from dreamlayer_jax.training.transparency import make_transparency_loss_fn, transparency_codec
 
+EXTRA_SCALARS = ("loss_noise", "loss_context", "loss_layout", "prompt_overflow")
 COPIED_PARTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler",
                 "vae", "transparency_decoder", "model_index.json")
 
@@ -96,6 +101,8 @@ class Trainer:
         if self.max_layers % self.mesh.shape["layer"]:
             raise ConfigError(f"max_layers={self.max_layers} must divide by the mesh's layer "
                               f"axis ({self.mesh.shape['layer']})")
+        if cfg.curriculum:
+            check_curriculum(cfg.curriculum, self.max_layers)
         self.source = load_train_source(cfg, self.max_layers)
 
         # the trained module: the DreamLayerUNet, or the codec's transparency decoder
@@ -115,9 +122,13 @@ class Trainer:
             empty_ids = None
             if conditioner.is_sdxl and conditioner.force_zeros_for_empty_prompt:
                 empty_ids = conditioner.tokenize([""])[0][0]
+            # the paper variant rebuilds the global prompt from the layers' token ids
+            special_ids = (conditioner.special_ids() if self.pipe.config.variant == "paper"
+                           else None)
             loss_fn = make_loss_fn(cfg, self.model_graph, conditioner.graphdefs,
                                    self.pipe.codec, self.pipe.scheduler,
-                                   self.pipe.config.box_margin, backend, empty_ids)
+                                   self.pipe.config.box_margin, backend, empty_ids,
+                                   special_ids)
         # The state is never built whole on one device: its shapes come from eval_shape,
         # and `initial_state` creates it already sharded from these host weights.
         self._host_params = jax.tree.map(np.asarray, params)
@@ -147,7 +158,7 @@ class Trainer:
         return make_train_iterator(
             self.source, batch_size=self.cfg.batch_size // jax.process_count(),
             max_layers=self.max_layers, seed=self.cfg.seed, flip_prob=self.cfg.flip_prob,
-            prompt_dropout=self.cfg.prompt_dropout)
+            prompt_dropout=self.cfg.prompt_dropout, curriculum=self.cfg.curriculum)
 
     def host_arrays(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
         """A `TrainBatch` as arrays, prompts tokenized to `token_ids[B, L, T]`."""
@@ -227,6 +238,7 @@ class Trainer:
                     metrics["steps_per_second"] = cfg.log_every / max(now - tick, 1e-9)
                     tick = now
                     logger.scalars(step + 1, metrics)
+                    _log_extra_scalars(logger, step + 1, metrics)
                     bar.set_postfix(loss=f"{float(metrics['loss']):.4f}")
                 if (cfg.sample_every and cfg.mode == "diffusion"
                         and (step + 1) % cfg.sample_every == 0):
@@ -294,8 +306,19 @@ class Trainer:
         count = min(self.cfg.eval_scenes, len(self.source))
         scenes = eval_scenes(self.source, self.max_layers, count)
         results = pipe(scenes, num_inference_steps=self.cfg.sample_steps,
-                       seed=list(range(len(scenes))))
+                       seed=list(range(len(scenes))),
+                       scheduler=self.cfg.sample_scheduler or None)
         logger.sample_grid(step, results)
+
+
+def _log_extra_scalars(logger: MetricsLogger, step: int, metrics: dict[str, Any]) -> None:
+    """The loss terms and the paper variant's counts, beside the logger's own scalars."""
+    if logger.writer is None:
+        return
+    for name in EXTRA_SCALARS:
+        if name in metrics:
+            logger.writer.add_scalar(f"train/{name}", float(metrics[name]), step)
+    logger.writer.flush()
 
 
 def eval_scenes(source, max_layers: int, count: int):

@@ -1,8 +1,19 @@
-"""The denoising objective over the valid layers of a batch of scenes.
+"""The denoising objective over the valid layers of a batch of scenes, and the paper
+variant's map losses beside it.
 
 One timestep per scene, shared by its layers (DreamLayer denoises layers together):
 `t: int32[B]`, noise `[B, L, h, w, c]`, and the regression of the model's output onto
 the epsilon / v / sample target, averaged over the elements of valid layers only.
+
+The paper variant (DESIGN.md section 8) adds, per foreground `f` with a map:
+- `L_c` (`context_loss`): the refined context map `M_G^f` against the foreground's
+  ground-truth alpha, area-resized to the map's size;
+- `L_layout` (`layout_loss`): the foreground's own cross-attention map `M_F^f` against
+  `M_G^f` clipped to [0, 1] under `stop_gradient`. The paper writes
+  `||M_G^f - M_F^f||` with no stop-gradient; ours lets the context map (taught by
+  `L_c`) teach the foreground's own cross-attention, rather than the reverse.
+Both are squared errors averaged over each map's pixels, then over the foregrounds
+counted in `mask`; 0 when there is none.
 """
 
 from __future__ import annotations
@@ -53,3 +64,39 @@ def masked_layer_loss(pred: jax.Array, target: jax.Array, layer_valid: jax.Array
     if weights is not None:
         per_layer = per_layer * weights
     return per_layer.sum() / jnp.maximum(valid.sum(), 1).astype(jnp.float32)
+
+
+def area_resize(maps: jax.Array, h: int, w: int) -> jax.Array:
+    """`maps[..., H, W] -> [..., h, w]`, each output pixel the mean of the input pixels it
+    covers: an exact box filter when `h`, `w` divide `H`, `W`; otherwise
+    `jax.image.resize` ("linear", antialiased)."""
+    big_h, big_w = maps.shape[-2:]
+    if (big_h, big_w) == (h, w):
+        return maps
+    lead = maps.shape[:-2]
+    if big_h % h == 0 and big_w % w == 0:
+        blocks = maps.reshape(*lead, h, big_h // h, w, big_w // w)
+        return blocks.mean(axis=(-3, -1))
+    return jax.image.resize(maps, (*lead, h, w), "linear", antialias=True)
+
+
+def masked_map_mse(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
+    """Scalar: the mean over the maps `[B, L, h, w]` where `mask[B, L]` of each map's mean
+    squared error; 0 when `mask` is all False (masked maps may hold anything, NaN too)."""
+    err = jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32)).mean(axis=(-2, -1))
+    per_map = jnp.where(mask, err, 0.0)
+    return per_map.sum() / jnp.maximum(mask.sum(), 1).astype(jnp.float32)
+
+
+def context_loss(context_maps: jax.Array, alphas: jax.Array, mask: jax.Array) -> jax.Array:
+    """`L_c`: refined context maps `[B, L, hm, wm]` against the ground-truth alphas
+    `[B, L, H, W]` (in [0, 1]) area-resized to `hm x wm`, over the maps where `mask[B, L]`."""
+    target = area_resize(alphas.astype(jnp.float32), *context_maps.shape[-2:])
+    return masked_map_mse(context_maps, target, mask)
+
+
+def layout_loss(context_maps: jax.Array, own_maps: jax.Array, mask: jax.Array) -> jax.Array:
+    """`L_layout`: each foreground's own map `M_F [B, L, hm, wm]` against its context map
+    `M_G` clipped to [0, 1] (a fixed target: `stop_gradient`), over `mask[B, L]`."""
+    teacher = jax.lax.stop_gradient(jnp.clip(context_maps.astype(jnp.float32), 0.0, 1.0))
+    return masked_map_mse(own_maps, teacher, mask)

@@ -1,5 +1,5 @@
 """The optimiser: AdamW, warmup + cosine decay, global-norm clipping, gradient
-accumulation, and a frozen base when only DreamLayer's own parameters train."""
+accumulation, and a frozen base when only some parameters train (`param_labels`)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from dreamlayer_jax.pipeline.components import is_dreamlayer_param
 from dreamlayer_jax.training.config import TrainConfig
 
 TRAIN, FROZEN = "train", "frozen"
+KV_PROJECTIONS = ("to_k", "to_v", "to_k_fg", "to_v_fg")
+KV_ROOTS = ("layer_assign", "context_layers")
 
 
 def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
@@ -27,12 +29,28 @@ def _key_name(entry: Any) -> Any:
     return getattr(entry, "key", getattr(entry, "idx", getattr(entry, "name", entry)))
 
 
+def is_kv_param(path: tuple[Any, ...]) -> bool:
+    """Custom-Diffusion style training (the paper variant, DESIGN.md section 8): the key
+    and value projections of every attention (self and cross; their LoRA adapters too),
+    the foreground K/V pairs, the layer assign embedding and the context-aware layers."""
+    return str(path[0]) in KV_ROOTS or any(str(p) in KV_PROJECTIONS for p in path)
+
+
 def param_labels(params: Any, train_params: str) -> Any:
-    """`TRAIN` / `FROZEN` for each leaf of a params pytree (nnx pure dict)."""
+    """`TRAIN` / `FROZEN` for each leaf of a params pytree (nnx pure dict).
+
+    `train_params`: "all" every leaf; "dreamlayer" DreamLayer's own parameters
+    (`components.is_dreamlayer_param`: role embedding, LoRA adapters, the paper parts);
+    "kv" the K/V projections (`is_kv_param`), valid for both variants: in the box
+    variant only the attentions' K/V train (its role embedding stays frozen, i.e. zero).
+    Frozen leaves get no Adam moments and no EMA copy.
+    """
+    select = {"dreamlayer": is_dreamlayer_param, "kv": is_kv_param}.get(train_params)
+
     def label(path, _):
-        if train_params == "all":
+        if select is None:
             return TRAIN
-        return TRAIN if is_dreamlayer_param(tuple(_key_name(p) for p in path)) else FROZEN
+        return TRAIN if select(tuple(_key_name(p) for p in path)) else FROZEN
 
     return jax.tree_util.tree_map_with_path(label, params)
 

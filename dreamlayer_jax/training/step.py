@@ -7,11 +7,17 @@ parameters are an argument, replicated, never updated; SDXL's pooled text and si
 to latents in the step too (PixelCodec: a few elementwise ops). So a batch travels as
 pixels + token ids, and the step is one XLA program: encode, noise, predict, loss,
 gradient, AdamW, EMA, skip-if-non-finite.
+
+The paper variant (DESIGN.md section 8; `make_loss_fn(paper_special_ids=...)`): the
+global slot's token ids are rebuilt as the concatenation of the layers' prompts before
+encoding (`paper_layer_tokens`), boxes are the full canvas (no box is an input), and
+with CACA the context-map losses join the denoising loss:
+`L = L_noise + w_c L_c + w_layout L_layout` (`losses.context_loss`, `layout_loss`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -22,7 +28,10 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from dreamlayer_jax.attention.context import LayerContext, make_roles
+from dreamlayer_jax.attention.masks import ROLE_FOREGROUND
+from dreamlayer_jax.data.batch import FULL_BOX
 from dreamlayer_jax.parallel.mesh import fsdp_spec, layer_sharding, replicated
+from dreamlayer_jax.pipeline.paper_prompts import LayerTokens, concat_layer_tokens, prompt_lengths
 from dreamlayer_jax.pipeline.text_conditioning import (
     encode_tokens,
     sdxl_time_ids,
@@ -30,7 +39,13 @@ from dreamlayer_jax.pipeline.text_conditioning import (
 )
 from dreamlayer_jax.schedulers.forward_process import add_noise, get_target
 from dreamlayer_jax.training.config import TrainConfig
-from dreamlayer_jax.training.losses import masked_layer_loss, min_snr_weights, role_weights
+from dreamlayer_jax.training.losses import (
+    context_loss,
+    layout_loss,
+    masked_layer_loss,
+    min_snr_weights,
+    role_weights,
+)
 from dreamlayer_jax.training.optimizer import learning_rate_schedule, trained_mask
 from dreamlayer_jax.training.state import TrainState, ema_decay_at, ema_update
 
@@ -63,10 +78,39 @@ def _cast(tree: Any, dtype: jnp.dtype) -> Any:
         lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
+def paper_layer_tokens(ids: jax.Array, layer_valid: jax.Array, *, eos_id: int,
+                       pad_id: int) -> LayerTokens:
+    """The paper variant's token ids of a batch, `ids[B, L, T]`: the global slot rebuilt
+    from the valid layers' prompts (`paper_prompts.concat_layer_tokens`; a dropped layer
+    prompt is empty, so it drops out of the concatenation too).
+
+    A scene whose global prompt was dropped (empty: classifier-free guidance's
+    unconditional branch) keeps it empty, with no token owners (`lengths` 2), so the
+    global slot still learns the unconditional prediction.
+    """
+    tokens = concat_layer_tokens(ids, layer_valid, eos_id=eos_id, pad_id=pad_id)
+    dropped = prompt_lengths(ids[:, -1], eos_id) == 0  # [B]
+    own = tokens.own_tokens.at[:, -1].set(tokens.own_tokens[:, -1] & ~dropped[:, None])
+    return LayerTokens(ids=jnp.where(dropped[:, None, None], ids, tokens.ids),
+                       token_owner=jnp.where(dropped[:, None], -1, tokens.token_owner),
+                       own_tokens=own, lengths=jnp.where(dropped, 2, tokens.lengths))
+
+
+def map_loss_mask(tokens: LayerTokens, roles: jax.Array, layer_valid: jax.Array) -> jax.Array:
+    """`bool[B, L]`: the foregrounds `L_c` and `L_layout` count: valid, with tokens of
+    their own prompt and some of them in the global prompt (a dropped or fully cut
+    prompt gives no map to learn from)."""
+    slots = jnp.arange(layer_valid.shape[1])
+    in_global = (tokens.token_owner[:, None, :] == slots[None, :, None]).any(axis=-1)
+    return ((roles == ROLE_FOREGROUND) & layer_valid & in_global
+            & tokens.own_tokens.any(axis=-1))
+
+
 def make_loss_fn(cfg: TrainConfig, unet_graph: nnx.GraphDef,
                  text_graphs: tuple[nnx.GraphDef, ...], codec: Any, sched: Any,
                  box_margin: float, attention_backend: str = "xla",
-                 empty_prompt_ids: np.ndarray | None = None) -> Callable:
+                 empty_prompt_ids: np.ndarray | None = None,
+                 paper_special_ids: Sequence[tuple[int, int]] | None = None) -> Callable:
     """`loss(params, text_params, batch, key) -> (loss, aux)` for one micro-batch.
 
     `text_params` is the list of the encoders' parameters (one, or SDXL's two);
@@ -74,14 +118,33 @@ def make_loss_fn(cfg: TrainConfig, unet_graph: nnx.GraphDef,
     `empty_prompt_ids` (`int32[T]`, the first tokenizer's ids of "") turns on SDXL's
     `force_zeros_for_empty_prompt`: empty prompts (dropped for classifier-free guidance,
     padded slots) encode to zeros, as the unconditional branch does in sampling.
+    `paper_special_ids` (the `(eos_id, pad_id)` of each tokenizer) trains the paper
+    variant (module docstring); the token owners come from the first tokenizer's ids
+    (SDXL's two CLIP tokenizers split prompts alike).
+
+    `aux`: `t_mean`, `loss_noise`; paper variant: `prompt_overflow` (scenes whose
+    concatenated prompt was cut) and, with CACA, `loss_context`, `loss_layout`.
     """
     prediction_type = cfg.prediction_type or sched.config.prediction_type
     num_train_timesteps = int(sched.config.num_train_timesteps)
     compute_dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
+    paper = paper_special_ids is not None
+    if paper and len(paper_special_ids) != len(text_graphs):
+        raise ValueError(f"{len(paper_special_ids)} (eos, pad) pairs for "
+                         f"{len(text_graphs)} text encoders")
 
-    def encode_text(text_params, batch, size):
-        """`(text [B, L, T, D], added | None)` of the batch's token ids."""
+    def layer_tokens(batch) -> tuple[list[jax.Array], LayerTokens | None]:
+        """Each tokenizer's ids `[B, L, T]` (the paper variant's rebuilt) and the first
+        tokenizer's `LayerTokens` (None in the box variant)."""
         ids = [batch["token_ids"], *([batch["token_ids_2"]] if len(text_graphs) == 2 else [])]
+        if not paper:
+            return ids, None
+        tokens = [paper_layer_tokens(i, batch["layer_valid"], eos_id=eos, pad_id=pad)
+                  for i, (eos, pad) in zip(ids, paper_special_ids, strict=True)]
+        return [t.ids for t in tokens], tokens[0]
+
+    def encode_text(text_params, ids, size):
+        """`(text [B, L, T, D], added | None)` of the token ids `[B, L, T]` of each tokenizer."""
         b, num_layers = ids[0].shape[:2]
         flat = [i.reshape(b * num_layers, i.shape[-1]) for i in ids]
         hidden, pooled = encode_tokens(text_graphs, text_params, flat)
@@ -105,18 +168,36 @@ def make_loss_fn(cfg: TrainConfig, unet_graph: nnx.GraphDef,
         x_t = add_noise(sched, x0, noise, t)
         target = get_target(sched, x0, noise, t, prediction_type)
         roles = make_roles(layer_valid)
-        text, added = encode_text(text_params, batch, pixels.shape[2:4])
+        ids, tokens = layer_tokens(batch)
+        text, added = encode_text(text_params, ids, pixels.shape[2:4])
+        boxes = batch["boxes"]
+        if paper:  # no box is an input anywhere
+            boxes = jnp.broadcast_to(jnp.asarray(FULL_BOX, boxes.dtype), boxes.shape)
         ctx = LayerContext(
-            layer_valid=layer_valid, roles=roles, boxes=batch["boxes"],
+            layer_valid=layer_valid, roles=roles, boxes=boxes,
             text=text.astype(compute_dtype), added=_cast(added, compute_dtype),
+            token_owner=None if tokens is None else tokens.token_owner,
+            own_tokens=None if tokens is None else tokens.own_tokens,
             caca=cfg.caca, lssa=cfg.lssa, box_margin=box_margin,
             attention_backend=attention_backend)
         model = nnx.merge(unet_graph, _cast(params, compute_dtype))
-        pred = model(x_t.astype(compute_dtype), jnp.broadcast_to(t[:, None], (b, num_layers)), ctx)
+        with_maps = paper and cfg.caca
+        out = model(x_t.astype(compute_dtype), jnp.broadcast_to(t[:, None], (b, num_layers)),
+                    ctx, return_aux=with_maps)
+        pred, maps = out if with_maps else (out, None)
         weights = role_weights(roles, cfg.role_loss_weights)
         weights = weights * min_snr_weights(sched, t, cfg.min_snr_gamma, prediction_type)[:, None]
         loss = masked_layer_loss(pred, target, layer_valid, weights)
-        return loss, {"t_mean": t.astype(jnp.float32).mean()}
+        aux = {"t_mean": t.astype(jnp.float32).mean(), "loss_noise": loss}
+        if tokens is not None:
+            aux["prompt_overflow"] = jnp.sum(tokens.lengths > ids[0].shape[-1])
+        if maps is not None:
+            mask = map_loss_mask(tokens, roles, layer_valid)
+            aux["loss_context"] = context_loss(maps["context_maps"], pixels[..., 3], mask)
+            aux["loss_layout"] = layout_loss(maps["context_maps"], maps["own_maps"], mask)
+            loss = (loss + cfg.context_loss_weight * aux["loss_context"]
+                    + cfg.layout_loss_weight * aux["loss_layout"])
+        return loss, aux
 
     return loss_fn
 
