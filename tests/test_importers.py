@@ -323,6 +323,9 @@ def test_flat_indexed_and_bitmap_files_are_background_only_scenes(tmp_path):
     bits = np.zeros((6, 8), np.uint8)
     bits[:, :4] = 1  # a set bit is black
     _flat_psd(tmp_path / "bitmap.psd", 0, 1, [bits])
+    with pytest.raises(RefusedError, match=r"flat picture \(no layers\) has no layer name .*"
+                                           r"\"background\" in bitmap\.json"):
+        import_psd(tmp_path / "bitmap.psd")
     for name in ("indexed", "bitmap"):
         (tmp_path / f"{name}.json").write_text(json.dumps({"background": f"a {name} picture"}))
     indexed, bitmap = import_psd(tmp_path / "indexed.psd"), import_psd(tmp_path / "bitmap.psd")
@@ -440,6 +443,8 @@ def test_damaged_files_are_skipped_and_counted(tmp_path, scene, names):
     )
     assert {s.meta["format"] for s in scenes} == {"psd", "ora"}
     assert good_ora.exists()
+    first = report.skipped[0].path
+    assert report.summary().count(first) == 1  # the reason already names the file
 
 
 def test_parser_warnings_are_collected_not_printed(tmp_path, capsys, monkeypatch):

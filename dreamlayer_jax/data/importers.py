@@ -40,7 +40,7 @@ import numpy as np
 
 from dreamlayer_jax.data.compositing import alpha_bbox, alpha_composite
 from dreamlayer_jax.data.image_io import flatten_over_white
-from dreamlayer_jax.data.layer_stack import LayerStack, RefusedError, refuse
+from dreamlayer_jax.data.layer_stack import FLAT_PICTURE, LayerStack, RefusedError, refuse
 from dreamlayer_jax.data.scene import LayeredScene
 from dreamlayer_jax.data.skip_report import SkipReport
 from dreamlayer_jax.errors import DataError
@@ -159,8 +159,12 @@ def _assemble(path: Path, stack: LayerStack, prompts_json: str | os.PathLike | N
             prompt = _prompt_of(spec["prompt"], where, "prompt")
     for layer, text in zip(layers, [background_prompt] + layer_prompts):
         if not text.strip():
+            sidecar = path.with_suffix(".json").name
+            if layer.where == FLAT_PICTURE:
+                raise refuse(path, f"a flat picture (no layers) has no layer name to use as "
+                                   f"its prompt: give it as \"background\" in {sidecar}")
             raise refuse(path, f"{layer.where} has no name to use as its prompt: name it, or "
-                               f"give the prompts in {path.with_suffix('.json').name}")
+                               f"give the prompts in {sidecar}")
     if prompt is None:  # "<layer 1> and <layer 2> in front of <background>"
         prompt = " in front of ".join(
             filter(None, [" and ".join(layer_prompts), background_prompt])

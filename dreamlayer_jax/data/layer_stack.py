@@ -17,6 +17,8 @@ import numpy as np
 
 from dreamlayer_jax.errors import DataError
 
+FLAT_PICTURE = "the flattened picture"  # `where` of the one layer of a layer-less file
+
 
 class RefusedError(DataError):
     """A readable file that cannot be imported faithfully (a feature plain RGBA layers

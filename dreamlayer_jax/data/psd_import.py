@@ -36,6 +36,7 @@ from psd_tools.composite import composite
 from psd_tools.constants import BlendMode, ColorMode, Resource, Tag
 
 from dreamlayer_jax.data.layer_stack import (
+    FLAT_PICTURE,
     LayerStack,
     StackLayer,
     clean_name,
@@ -419,7 +420,7 @@ def read_psd_stack(path: Path) -> LayerStack:
     if not has_layers:
         if stack.reference is None:
             raise refuse(path, "no layers and no flattened picture")
-        stack.layers = [StackLayer("", "the flattened picture", stack.reference,
+        stack.layers = [StackLayer("", FLAT_PICTURE, stack.reference,
                                    (0, 0, psd.width, psd.height))]
         stack.baked.append("flat picture (no layers): imported as a background-only scene")
     return stack

@@ -51,5 +51,8 @@ class SkipReport:
             text += f", {number} {what}"
         if self.skipped:
             first = self.skipped[0]
-            text += f" (first: {first.path}: {first.reason})"
+            reason = first.reason
+            if not reason.startswith(first.path):  # most readers name the item themselves
+                reason = f"{first.path}: {reason}"
+            text += f" (first: {reason})"
         return text
