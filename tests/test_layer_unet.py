@@ -8,7 +8,7 @@ from flax import nnx
 
 from dreamlayer_jax.attention.context import LayerContext, make_roles
 from dreamlayer_jax.models.layer_unet import DreamLayerConfig, DreamLayerUNet
-from dreamlayer_jax.pipeline.scene import Layer, Scene
+from dreamlayer_jax.pipeline.scene import FULL_BOX, Layer, Scene
 
 B, L = 2, 4
 
@@ -90,7 +90,8 @@ def test_sharded_over_data_and_layer_equals_one_device(tiny_pipe, inputs):
     assert np.abs(np.asarray(out) - np.asarray(ref)).max() <= 1e-5 * scale
 
     scenes = [Scene("a red star in front of a blue wall", "a blue wall",
-                    [Layer("a red star", (0.1, 0.1, 0.6, 0.6)), Layer("a blue ring")])] * 2
+                    [Layer("a red star", (0.1, 0.1, 0.6, 0.6)),
+                     Layer("a blue ring", FULL_BOX)])] * 2
     single = tiny_pipe(scenes, num_inference_steps=3, seed=[0, 1])
     sharded = tiny_pipe(scenes, num_inference_steps=3, seed=[0, 1], mesh=mesh)
     for a, b in zip(single, sharded):

@@ -85,6 +85,16 @@ def test_context_maps_follow_the_global_prompts_token_owners(paper_unet, inputs)
     np.testing.assert_allclose(np.asarray(aux["context_maps"]), initial, atol=1e-6)
 
 
+def test_a_foreground_without_tokens_in_the_global_prompt_has_no_map(paper_unet, inputs):
+    latents, t, ctx = inputs
+    model = nnx.clone(paper_unet)
+    model.context_layers.head.bias[...] = jnp.ones_like(model.context_layers.head.bias[...])
+    unnamed = ctx.replace(token_owner=jnp.where(ctx.token_owner == 2, -1, ctx.token_owner))
+    _, aux = model(latents, t, unnamed, return_aux=True)
+    maps = np.asarray(aux["context_maps"])
+    assert not maps[:, 2].any() and maps[0, 1].min() > 0.5  # the head's bias moved fg 1
+
+
 def test_foreground_kv_pair_and_assign_embedding_act_on_their_own_slots(paper_unet, inputs):
     latents, t, ctx = inputs
     base = np.asarray(paper_unet(latents, t, _plain(ctx)))
@@ -143,6 +153,24 @@ def test_sharded_layer_axis_equals_one_device(paper_unet, inputs, layer_axis):
                         jax.device_put(on_mesh, on_mesh.shardings(mesh)))
     scale = max(1.0, float(np.abs(ref).max()))
     assert np.abs(np.asarray(out) - np.asarray(ref)).max() <= 1e-5 * scale
+
+
+def test_paper_sampling_sharded_over_the_layer_axis_equals_one_device(tiny_paper_model_dir):
+    if jax.device_count() < 8:
+        pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
+    from dreamlayer_jax.parallel.mesh import make_mesh
+    from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
+    from dreamlayer_jax.pipeline.scene import Layer, Scene
+
+    pipe = DreamLayerPipeline.from_pretrained(tiny_paper_model_dir)
+    scenes = [Scene(background="a blue wall", layers=[Layer("a red star"),
+                                                      Layer("a green ring")])] * 2
+    mesh = make_mesh(data=2, fsdp=1, layer=2, devices=jax.devices()[:4])
+    single = pipe(scenes, num_inference_steps=2, seed=[0, 1])
+    sharded = pipe(scenes, num_inference_steps=2, seed=[0, 1], mesh=mesh)
+    for a, b in zip(single, sharded):
+        scale = max(1.0, float(np.abs(a.latents).max()))
+        assert np.abs(a.latents - b.latents).max() <= 1e-5 * scale
 
 
 def _reference_concat(ids, valid, eos, pad):

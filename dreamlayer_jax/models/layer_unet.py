@@ -213,7 +213,10 @@ class DreamLayerUNet(nnx.Module):
         initial = min_max_normalise(total["global_maps"])  # [B, L, hm, wm]
         own = min_max_normalise(total["own_maps"])
         hm, wm = initial.shape[-2:]
-        is_fg = (ctx.roles == ROLE_FOREGROUND) & ctx.layer_valid  # [B, L]
+        # a foreground without tokens in the global prompt (padding, the unconditional
+        # branch) has no context map
+        named = (ctx.token_owner[:, None, :] == jnp.arange(ctx.num_layers)[None, :, None])
+        is_fg = (ctx.roles == ROLE_FOREGROUND) & ctx.layer_valid & named.any(-1)  # [B, L]
         prior = box_masks_soft(ctx.boxes, hm, wm, ctx.box_margin)  # full box: no-op
         refined = self.context_layers(initial[:, 1:-1], total["global_query"])
         pad = jnp.zeros_like(initial[:, :1])

@@ -256,6 +256,8 @@ class DreamLayerPipeline:
         if mesh is not None:
             sharding = layer_sharding(mesh, x.ndim)
             x = jax.device_put(x, sharding)
+            # the paper variant's LSSA runs partitioned over a "layer" axis of size > 1
+            ctx, uncond = (c.replace(mesh=mesh) for c in (ctx, uncond))
             ctx, uncond = (jax.device_put(c, c.shardings(mesh)) for c in (ctx, uncond))
             params, alpha_params = jax.device_put((params, alpha_params), replicated(mesh))
         with self._progress.bar(steps, enabled=progress):
