@@ -11,7 +11,9 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-SCALARS = ("loss", "grad_norm", "lr", "steps_per_second", "skipped")
+SCALARS = ("loss", "grad_norm", "lr", "steps_per_second", "skipped",
+           # the loss terms and the paper variant's prompt-overflow count, where present
+           "loss_noise", "loss_context", "loss_layout", "prompt_overflow")
 
 
 def over_checkerboard(rgba: np.ndarray, cell: int = 4) -> np.ndarray:

@@ -48,7 +48,6 @@ from dreamlayer_jax.training.step import (
 )
 from dreamlayer_jax.training.transparency import make_transparency_loss_fn, transparency_codec
 
-EXTRA_SCALARS = ("loss_noise", "loss_context", "loss_layout", "prompt_overflow")
 COPIED_PARTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler",
                 "vae", "transparency_decoder", "model_index.json")
 
@@ -128,7 +127,7 @@ class Trainer:
             loss_fn = make_loss_fn(cfg, self.model_graph, conditioner.graphdefs,
                                    self.pipe.codec, self.pipe.scheduler,
                                    self.pipe.config.box_margin, backend, empty_ids,
-                                   special_ids)
+                                   special_ids, mesh=self.mesh)
         # The state is never built whole on one device: its shapes come from eval_shape,
         # and `initial_state` creates it already sharded from these host weights.
         self._host_params = jax.tree.map(np.asarray, params)
@@ -238,7 +237,6 @@ class Trainer:
                     metrics["steps_per_second"] = cfg.log_every / max(now - tick, 1e-9)
                     tick = now
                     logger.scalars(step + 1, metrics)
-                    _log_extra_scalars(logger, step + 1, metrics)
                     bar.set_postfix(loss=f"{float(metrics['loss']):.4f}")
                 if (cfg.sample_every and cfg.mode == "diffusion"
                         and (step + 1) % cfg.sample_every == 0):
@@ -304,32 +302,24 @@ class Trainer:
         pipe = DreamLayerPipeline(self.ema_model(state), self.pipe.conditioner,
                                   self.pipe.codec, self.pipe.scheduler)
         count = min(self.cfg.eval_scenes, len(self.source))
-        scenes = eval_scenes(self.source, self.max_layers, count)
+        scenes = eval_scenes(self.source, self.max_layers, count,
+                             boxes=self.pipe.config.variant != "paper")
         results = pipe(scenes, num_inference_steps=self.cfg.sample_steps,
                        seed=list(range(len(scenes))),
                        scheduler=self.cfg.sample_scheduler or None)
         logger.sample_grid(step, results)
 
 
-def _log_extra_scalars(logger: MetricsLogger, step: int, metrics: dict[str, Any]) -> None:
-    """The loss terms and the paper variant's counts, beside the logger's own scalars."""
-    if logger.writer is None:
-        return
-    for name in EXTRA_SCALARS:
-        if name in metrics:
-            logger.writer.add_scalar(f"train/{name}", float(metrics[name]), step)
-    logger.writer.flush()
-
-
-def eval_scenes(source, max_layers: int, count: int):
-    """The first `count` scenes of `source` as pipeline `Scene`s (fixed eval prompts)."""
+def eval_scenes(source, max_layers: int, count: int, boxes: bool = True):
+    """The first `count` scenes of `source` as pipeline `Scene`s (fixed eval prompts);
+    `boxes=False` asks for the foregrounds without their boxes (the paper variant)."""
     from dreamlayer_jax.pipeline.scene import Layer, Scene
 
     batch = make_eval_scenes(source, max_layers=max_layers, count=count)
     scenes = []
-    for prompts, valid, boxes in zip(batch["prompts"], batch["layer_valid"], batch["boxes"],
-                                     strict=True):
-        fg = [Layer(prompts[i], tuple(float(v) for v in boxes[i]))
+    for prompts, valid, box in zip(batch["prompts"], batch["layer_valid"], batch["boxes"],
+                                   strict=True):
+        fg = [Layer(prompts[i], tuple(float(v) for v in box[i]) if boxes else None)
               for i in range(1, max_layers - 1) if valid[i]]
         scenes.append(Scene(prompt=prompts[-1], background=prompts[0], layers=tuple(fg)))
     return scenes

@@ -110,7 +110,8 @@ def make_loss_fn(cfg: TrainConfig, unet_graph: nnx.GraphDef,
                  text_graphs: tuple[nnx.GraphDef, ...], codec: Any, sched: Any,
                  box_margin: float, attention_backend: str = "xla",
                  empty_prompt_ids: np.ndarray | None = None,
-                 paper_special_ids: Sequence[tuple[int, int]] | None = None) -> Callable:
+                 paper_special_ids: Sequence[tuple[int, int]] | None = None, *,
+                 mesh: Mesh | None = None) -> Callable:
     """`loss(params, text_params, batch, key) -> (loss, aux)` for one micro-batch.
 
     `text_params` is the list of the encoders' parameters (one, or SDXL's two);
@@ -120,7 +121,8 @@ def make_loss_fn(cfg: TrainConfig, unet_graph: nnx.GraphDef,
     padded slots) encode to zeros, as the unconditional branch does in sampling.
     `paper_special_ids` (the `(eos_id, pad_id)` of each tokenizer) trains the paper
     variant (module docstring); the token owners come from the first tokenizer's ids
-    (SDXL's two CLIP tokenizers split prompts alike).
+    (SDXL's two CLIP tokenizers split prompts alike). With a `mesh` whose "layer" axis
+    is larger than 1, the paper variant's LSSA runs partitioned over it.
 
     `aux`: `t_mean`, `loss_noise`; paper variant: `prompt_overflow` (scenes whose
     concatenated prompt was cut) and, with CACA, `loss_context`, `loss_layout`.
@@ -129,6 +131,7 @@ def make_loss_fn(cfg: TrainConfig, unet_graph: nnx.GraphDef,
     num_train_timesteps = int(sched.config.num_train_timesteps)
     compute_dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
     paper = paper_special_ids is not None
+    layer_mesh = mesh if mesh is not None and mesh.shape["layer"] > 1 else None
     if paper and len(paper_special_ids) != len(text_graphs):
         raise ValueError(f"{len(paper_special_ids)} (eos, pad) pairs for "
                          f"{len(text_graphs)} text encoders")
@@ -179,7 +182,7 @@ def make_loss_fn(cfg: TrainConfig, unet_graph: nnx.GraphDef,
             token_owner=None if tokens is None else tokens.token_owner,
             own_tokens=None if tokens is None else tokens.own_tokens,
             caca=cfg.caca, lssa=cfg.lssa, box_margin=box_margin,
-            attention_backend=attention_backend)
+            attention_backend=attention_backend, mesh=layer_mesh)
         model = nnx.merge(unet_graph, _cast(params, compute_dtype))
         with_maps = paper and cfg.caca
         out = model(x_t.astype(compute_dtype), jnp.broadcast_to(t[:, None], (b, num_layers)),
