@@ -352,6 +352,14 @@ def test_empty_layers_are_skipped_and_counted(tmp_path, scene, kind):
     assert "1 empty layers skipped" in report.summary()
 
 
+def test_an_empty_layer_in_a_blend_mode_is_skipped_not_refused(tmp_path):
+    path = _psd(tmp_path / "e.psd", [("ground", _ground(), 0, 0, {}),
+                                     ("unused", _rgba(4, 4, (9, 9, 9), 0), 2, 2,
+                                      {"blend_mode": BlendMode.OVERLAY})])
+    check = check_layered_file(path)
+    assert check.scene is not None and check.skipped == ["empty layer 'unused'"]
+
+
 def test_ora_stack_opacity_and_composite_ops(tmp_path, scene, names):
     path = write_ora(tmp_path / "s.ora", scene.background, scene.layers, names)
 
@@ -383,6 +391,18 @@ def test_ora_stack_opacity_and_composite_ops(tmp_path, scene, names):
     with pytest.raises(RefusedError, match=rf"layer '{scene.layer_prompts[2]}': composite-op "
                                            "svg:multiply depends on the layers below"):
         import_ora(multiply)
+    empty = write_ora(tmp_path / "e.ora", scene.background, [np.zeros_like(scene.layers[0])],
+                      ["bg", "spectral"])
+    with zipfile.ZipFile(empty) as archive:  # MyPaint's empty layer in a blend mode
+        assert archive.read("stack.xml").count(b"svg:src-over") == 2
+    mypaint = tmp_path / "mypaint.ora"
+    with zipfile.ZipFile(empty) as src, zipfile.ZipFile(mypaint, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "stack.xml":
+                data = data.replace(b"svg:src-over", b"mypaint:spectral-wgm", 1)
+            dst.writestr(info, data)
+    assert check_layered_file(mypaint).skipped == ["empty layer 'spectral'"]
     krita_empty_name = edit("noname.ora", lambda t: t.replace(f'name="{names[1]}"', 'name=""'))
     with pytest.raises(RefusedError, match=r"layer 2 \(unnamed\) has no name"):
         import_ora(krita_empty_name)

@@ -92,9 +92,9 @@ class _Walk:
                 continue
             if child.tag not in ("stack", "layer"):
                 raise refuse(self.path, f"{where}: <{child.tag}> elements are not supported")
-            self.check_op(child, where, notes)
             opacity = min(max(_number(child, "opacity", "1", self.path), 0.0), 1.0)
             if child.tag == "stack":
+                self.check_op(child, where, notes)
                 out += self.group(child, where, coverage, opacity, notes)
                 continue
             src = child.get("src", "")
@@ -104,7 +104,9 @@ class _Walk:
             y = int(round(_number(child, "y", "0", self.path)))
             rgba = scale_alpha(self.pixels(src, x, y), np.float32(coverage * opacity))
             layer = StackLayer(clean_name(child.get("name")), where, rgba, None)
-            self.painted = self.painted or not layer.empty
+            if not layer.empty:  # an empty layer is skipped: its composite-op changes nothing
+                self.check_op(child, where, notes)
+                self.painted = True
             out.append(layer)
         return out
 
@@ -154,8 +156,9 @@ def read_ora_stack(path: Path) -> LayerStack:
             merged = decode_image(archive.read(MERGED_IMAGE), f"{path}:{MERGED_IMAGE}",
                                   channels=4, to_srgb=True)
             if merged.shape[:2] != (height, width):
-                raise DataError(f"{path}: {MERGED_IMAGE} is {merged.shape[1]}x{merged.shape[0]}, "
-                                f"the canvas {width}x{height}")
+                raise refuse(path, f"{MERGED_IMAGE} is {merged.shape[1]}x{merged.shape[0]}, not "
+                                   f"the canvas's {width}x{height}: no flattened picture to "
+                                   "check the layers against")
             stack.reference = merged
             stack.reference_note = f"the file's flattened picture ({MERGED_IMAGE})"
         else:

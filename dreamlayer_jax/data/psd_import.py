@@ -321,6 +321,11 @@ class _Walk:
         if adjustment:
             raise refuse(self.path, f"{where}: adjustment layer ({adjustment}) changes the "
                                     "layers below it and cannot be stored as a plain RGBA layer")
+        piece = StackLayer(clean_name(layer.name), where, self.render(layer, coverage),
+                           tuple(layer.bbox))
+        if piece.empty:  # skipped later; its blend mode, effects... change nothing
+            self.index += len(layer.clip_layers)
+            return piece
         self.common_checks(layer, where)
         mode = layer.blend_mode
         if mode == BlendMode.DISSOLVE:
@@ -338,7 +343,8 @@ class _Walk:
         if isinstance(layer, FillLayer) or not layer.has_pixels():
             notes.append(f"{where}: {layer.kind} layer rendered from its description")
         self.clips(layer, where, notes)
-        return self.emit(layer, where, coverage)
+        self.painted = True
+        return piece
 
     def needs_merge(self, group: Layer) -> str | None:
         """Why `group` must be rendered as one layer (None: its children can be split)."""
