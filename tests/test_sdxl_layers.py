@@ -15,6 +15,7 @@ from tiny_model import SMALL_UNET, TINY_SCHEDULER, TINY_TEXT, WORDS, small_train
 from dreamlayer_jax.errors import ConfigError
 from dreamlayer_jax.parallel.mesh import make_mesh
 from dreamlayer_jax.pipeline.create import create_model_folder
+from dreamlayer_jax.pipeline.decompose import decompose
 from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
 from dreamlayer_jax.pipeline.scene import Layer, Scene
 from dreamlayer_jax.training.checkpoint import Checkpointer
@@ -83,7 +84,7 @@ def test_sdxl_style_model_decomposes_a_picture(sdxl_pipe):
     picture = np.zeros((16, 16, 3), np.uint8)
     picture[..., 2] = 200
     picture[4:11, 2:10] = (220, 30, 30)
-    result = sdxl_pipe.decompose(picture, [Layer("a red circle", (0.1, 0.2, 0.6, 0.7))],
+    result = decompose(sdxl_pipe, picture, [Layer("a red circle", (0.1, 0.2, 0.6, 0.7))],
                                  "a blue wall", num_inference_steps=2, seed=0)
     assert result.background.shape == (16, 16, 3) and result.layers[0].shape == (16, 16, 4)
 

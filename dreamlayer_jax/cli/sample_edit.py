@@ -40,10 +40,11 @@ def decompose_main(argv: list[str]) -> int:
     from dreamlayer_jax.data.image_io import decode_image
 
     image = decode_image(args.image, str(args.image), channels=4)
+    from dreamlayer_jax.pipeline.decompose import decompose
     from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
 
     pipe = DreamLayerPipeline.from_pretrained(args.model, scheduler=args.scheduler)
-    result = pipe.decompose(image, layers, args.background, args.prompt,
+    result = decompose(pipe, image, layers, args.background, args.prompt,
                             num_inference_steps=args.steps, guidance_scale=args.guidance,
                             seed=args.seed, progress=not args.no_progress)
     print(f"decomposed {args.image} into {len(result.layers)} layers: {result.save(out)}/")
@@ -77,9 +78,10 @@ def edit_main(argv: list[str]) -> int:
         raise InputError(f"--steps must be a positive integer, got {args.steps}")
     check_output_folder(args.out)
     from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
+    from dreamlayer_jax.pipeline.edit import edit
 
     pipe = DreamLayerPipeline.from_pretrained(args.model)
-    result = pipe.edit(args.dir, ops, args.out, num_inference_steps=args.steps, seed=args.seed)
+    result = edit(pipe, args.dir, ops, args.out, num_inference_steps=args.steps, seed=args.seed)
     print(f"edited {args.dir} ({len(ops)} operations): {args.out}/ "
           f"({len(result.layers)} foreground layers)")
     return 0

@@ -16,8 +16,19 @@ foregrounds (`layout`, `box_iou`, `colour`, `shape`, `alpha_iou`) or all scenes
   recognises as the asked colour / shape (layer fidelity).
 - `coherence_psnr`: PSNR of the global layer against the composite of the layers.
 - `background_psnr`, `alpha_iou`: decomposition of the ground-truth composite
-  (`pipe.decompose` with the true prompts and boxes) against the true background and
+  (`pipeline.decompose.decompose` with the true prompts and boxes) against the true background and
   alphas; IRH plays no part there (the global layer is pinned).
+
+Set-level measures (`set_measures`), each with a 95% bootstrap interval:
+
+- `noise_*`: high-frequency energy (mean squared Laplacian, `measures.noise_ratio`) of
+  the generated global layer / background / foregrounds over the ground truth's of the
+  same scenes: 1 = as smooth as the truth.
+- `fid_*`: closed-world FID (`measures.fid`) of the generated global layers /
+  backgrounds / foregrounds against true pictures of `FID_REFERENCE_SCENES` other scenes
+  (stream `FID_BASE`), in the feature space of the ground-truth-trained classifiers
+  (`LayerClassifier.features`, `PictureClassifier.features`). The ground-truth row's FID
+  (true pictures of the evaluated scenes) is the floor that finite sets allow.
 
 Every row of an ablation uses the same scenes and the same seeds (paired comparison);
 its first row scores the ground truth itself, the reference for each measure.
@@ -33,23 +44,28 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from dreamlayer_jax.data.scene import LayeredScene
 from dreamlayer_jax.eval.classifier import LayerClassifier, train_classifier
 from dreamlayer_jax.eval.measures import (
     alpha_iou,
     box_iou,
     coherence_psnr,
+    fid,
     layout_alignment,
     mean_ci95,
+    noise_ratio,
     psnr,
 )
-from dreamlayer_jax.eval.scenes import held_out_scenes
+from dreamlayer_jax.eval.scenes import held_out_scenes, synthetic_scenes
 from dreamlayer_jax.pipeline.result import LayeredResult
 from dreamlayer_jax.pipeline.scene import Scene
 
-__all__ = ["ABLATION_SETTINGS", "DECOMPOSITION_ROW", "MEASURES", "REFERENCE_ROW", "AblationRow",
-           "ablation", "evaluate", "format_table", "generate", "held_out_scenes",
-           "reference_measures", "score"]
+__all__ = ["ABLATION_SETTINGS", "DECOMPOSITION_ROW", "MEASURES", "REFERENCE_ROW",
+           "STUDY_MEASURES", "AblationRow", "FidReference", "ablation", "cell", "evaluate",
+           "fid_reference", "format_table", "generate", "held_out_scenes",
+           "reference_measures", "score", "set_measures", "study_measures"]
 
 Pair = tuple[Scene, LayeredScene]
 Log = Callable[[str], None]
@@ -63,8 +79,21 @@ MEASURES: dict[str, tuple[str, int]] = {
     "coherence_psnr": ("coherence PSNR (dB)", 2),
     "background_psnr": ("decomp. bg PSNR (dB)", 2),
     "alpha_iou": ("decomp. alpha IoU", 3),
+    "noise_global": ("noise global", 2),
+    "noise_background": ("noise bg", 2),
+    "noise_foreground": ("noise fg", 2),
+    "fid_composite": ("FID global", 2),
+    "fid_background": ("FID bg", 2),
+    "fid_foreground": ("FID fg", 2),
 }
 DECOMPOSITION_MEASURES = ("background_psnr", "alpha_iou")
+SET_MEASURES = ("noise_global", "noise_background", "noise_foreground", "fid_composite",
+                "fid_background", "fid_foreground")
+# the recipe study's columns (no decomposition: it costs as much as generation)
+STUDY_MEASURES: dict[str, tuple[str, int]] = {
+    m: MEASURES[m] for m in MEASURES if m not in DECOMPOSITION_MEASURES}
+FID_BASE = 30_000  # the FID reference's seed stream (apart from training, held-out, classifier)
+FID_REFERENCE_SCENES = 500
 DECOMPOSITION_ROW = "decomposition (CACA + LSSA)"
 
 ABLATION_SETTINGS: tuple[tuple[str, dict[str, bool]], ...] = (
@@ -88,6 +117,59 @@ class AblationRow:
     foregrounds: int
     measures: dict[str, tuple[float, float]]
     settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FidReference:
+    """Classifier features of true pictures of scenes from the `FID_BASE` stream:
+    `composite`, `background` `[N, D]` (picture classifier) and `foreground` `[M, D']`
+    (layer classifier)."""
+
+    composite: np.ndarray
+    background: np.ndarray
+    foreground: np.ndarray
+
+
+def fid_reference(classifier: LayerClassifier, resolution: int, *, scenes: int =
+                  FID_REFERENCE_SCENES, seed: int = 0, max_foregrounds: int = 3,
+                  num_foregrounds: int | None = None) -> FidReference | None:
+    """The FID reference features (None when the classifier has no picture classifier)."""
+    if classifier.picture is None:
+        return None
+    truths = synthetic_scenes(scenes, FID_BASE + int(seed), resolution, max_foregrounds,
+                              num_foregrounds)
+    return FidReference(
+        composite=classifier.picture.features([t.composite for t in truths]),
+        background=classifier.picture.features([t.background for t in truths]),
+        foreground=classifier.features([layer for t in truths for layer in t.layers]))
+
+
+def set_measures(pairs: Sequence[Pair], results: Sequence[LayeredResult],
+                 classifier: LayerClassifier, reference: FidReference | None,
+                 composite_only: bool = False) -> dict[str, tuple[float, float]]:
+    """Noise ratios and closed-world FIDs of `results` (see the module docstring), each
+    `(value, 95% half-width)`; FIDs only with a `reference`. With `composite_only`, only
+    the global layer's."""
+    truths = [truth for _, truth in pairs]
+    out = {"noise_global": noise_ratio([r.composite for r in results],
+                                       [t.composite for t in truths])}
+    generated_fg = [layer for r in results for layer in r.layers]
+    if not composite_only:
+        out["noise_background"] = noise_ratio([r.background for r in results],
+                                              [t.background for t in truths])
+        true_fg = [layer for t in truths for layer in t.layers]
+        out["noise_foreground"] = noise_ratio(generated_fg, true_fg)
+    if reference is not None and classifier.picture is not None:
+        out["fid_composite"] = fid(classifier.picture.features([r.composite for r in results]),
+                                   reference.composite)
+        if not composite_only:
+            out["fid_background"] = fid(
+                classifier.picture.features([r.background for r in results]),
+                reference.background)
+            features = classifier.features(generated_fg)
+            if len(features) >= 2:
+                out["fid_foreground"] = fid(features, reference.foreground)
+    return out
 
 
 def generate(pipe: Any, requests: Sequence[Scene], *, steps: int = 20, guidance: float = 5.0,
@@ -122,25 +204,29 @@ def truth_as_result(pair: Pair) -> LayeredResult:
                          composite=truth.composite, info={"mode": "ground truth"})
 
 
-def reference_measures(pairs: Sequence[Pair], classifier: LayerClassifier
+def reference_measures(pairs: Sequence[Pair], classifier: LayerClassifier,
+                       reference: FidReference | None = None
                        ) -> dict[str, tuple[float, float]]:
     """The measures of the ground truth itself (no model): the best a generator can do on
     layout and fidelity, and the coherence of the true lit composite with its unlit
     layers (below the cap wherever the light is not daylight)."""
     truths = [truth_as_result(pair) for pair in pairs]
     values = score(pairs, truths, classifier)
-    return {name: mean_ci95(values[name]) for name in MEASURES
-            if name not in DECOMPOSITION_MEASURES}
+    out = {name: mean_ci95(values[name]) for name in MEASURES
+           if name not in DECOMPOSITION_MEASURES and name not in SET_MEASURES}
+    out.update(set_measures(pairs, truths, classifier, reference))
+    return out
 
 
 def decompose_all(pipe: Any, pairs: Sequence[Pair], *, steps: int = 20, guidance: float = 5.0,
                   seed: int = 0, caca: bool = True, lssa: bool = True) -> list[LayeredResult]:
     """Decompose each pair's ground-truth composite with its true prompts and boxes."""
+    from dreamlayer_jax.pipeline.decompose import decompose
+
     return [
-        pipe.decompose(truth.composite, list(request.layers), request.background,
-                       prompt=request.prompt, num_inference_steps=steps,
-                       guidance_scale=guidance, seed=SEED_BASE * (int(seed) + 1) + i,
-                       caca=caca, lssa=lssa)
+        decompose(pipe, truth.composite, list(request.layers), request.background,
+                  prompt=request.prompt, num_inference_steps=steps, guidance_scale=guidance,
+                  seed=SEED_BASE * (int(seed) + 1) + i, caca=caca, lssa=lssa)
         for i, (request, truth) in enumerate(pairs)
     ]
 
@@ -171,12 +257,13 @@ def score(pairs: Sequence[Pair], results: Sequence[LayeredResult],
 def evaluate(pipe: Any, scenes: Sequence[Pair], *, steps: int = 20, guidance: float = 5.0,
              batch_size: int = 8, caca: bool = True, lssa: bool = True, irh: bool = True,
              seed: int = 0, classifier: LayerClassifier | None = None,
-             decomposition: bool = True) -> dict[str, tuple[float, float]]:
+             decomposition: bool = True, reference: FidReference | None = None
+             ) -> dict[str, tuple[float, float]]:
     """Generate `scenes` (`(request, ground truth)` pairs) and measure them.
 
     Returns measure -> `(mean, 95% half-width)` (see `MEASURES`); the decomposition
-    measures only with `decomposition=True`. Without a `classifier` one is trained at the
-    pipeline's resolution (seconds).
+    measures only with `decomposition=True`, the FIDs only with a `reference`. Without a
+    `classifier` one is trained at the pipeline's resolution (seconds).
     """
     classifier = classifier or train_classifier(pipe.config.resolution)
     requests = [request for request, _ in scenes]
@@ -187,8 +274,34 @@ def evaluate(pipe: Any, scenes: Sequence[Pair], *, steps: int = 20, guidance: fl
         decompositions = decompose_all(pipe, scenes, steps=steps, guidance=guidance,
                                        seed=seed, caca=caca, lssa=lssa)
     values = score(scenes, results, classifier, decompositions)
-    names = [m for m in MEASURES if decomposition or m not in DECOMPOSITION_MEASURES]
-    return {name: mean_ci95(values[name]) for name in names}
+    names = [m for m in MEASURES if (decomposition or m not in DECOMPOSITION_MEASURES)
+             and m not in SET_MEASURES]
+    out = {name: mean_ci95(values[name]) for name in names}
+    out.update(set_measures(scenes, results, classifier, reference))
+    return out
+
+
+def study_measures(pipe: Any, n: int, *, steps: int = 20, guidance: float = 5.0,
+                   batch_size: int = 8, seed: int = 0, composite_only: bool = False,
+                   classifier: LayerClassifier | None = None) -> dict[str, list[float]]:
+    """The recipe study's measures (`STUDY_MEASURES`): all mechanisms on, `n` mixed
+    held-out scenes, no decomposition; measure -> `[mean, 95% half-width]` (JSON-ready).
+    With `composite_only` (a model trained on the global layer alone) only the global
+    layer's measures."""
+    resolution = pipe.config.resolution
+    max_fg = min(3, pipe.max_foregrounds)
+    classifier = classifier or train_classifier(resolution)
+    pairs = held_out_scenes(n, seed, resolution, max_foregrounds=max_fg)
+    reference = fid_reference(classifier, resolution, seed=seed, max_foregrounds=max_fg)
+    results = generate(pipe, [r for r, _ in pairs], steps=steps, guidance=guidance,
+                       batch_size=batch_size, seed=seed)
+    values = score(pairs, results, classifier)
+    out = {} if composite_only else {
+        m: mean_ci95(values[m]) for m in STUDY_MEASURES if m not in SET_MEASURES}
+    out.update(set_measures(pairs, results, classifier, reference, composite_only))
+    truth = reference_measures(pairs, classifier, reference)
+    return {m: [float(v[0]), float(v[1])] for m, v in out.items()} | {
+        f"truth:{m}": [float(v[0]), float(v[1])] for m, v in truth.items()}
 
 
 def ablation(pipe: Any, n: int, *, seed: int = 0, steps: int = 20, guidance: float = 5.0,
@@ -196,14 +309,16 @@ def ablation(pipe: Any, n: int, *, seed: int = 0, steps: int = 20, guidance: flo
              decomposition: bool = True, max_foregrounds: int = 3,
              foreground_counts: Sequence[int] = (1, 2, 3), reference: bool = True,
              count_scenes: int | None = None, decomposition_scenes: int | None = None,
-             log: Log | None = None) -> list[AblationRow]:
+             fid_scenes: int = FID_REFERENCE_SCENES, log: Log | None = None
+             ) -> list[AblationRow]:
     """The ablation table: each of `ABLATION_SETTINGS` on the same `n` held-out scenes
     (1 to `max_foregrounds` foregrounds, at most the model's limit), then all mechanisms
     on `n` scenes with exactly `k` foregrounds for each `k` in `foreground_counts`. With
     `reference`, a first row scores the ground truth of the mixed scenes itself. With
     `decomposition`, a last row decomposes the true composites of the first
     `decomposition_scenes` (default `n`) mixed scenes with CACA and LSSA on (IRH plays
-    no part in it). `count_scenes` (default `n`) sizes the foreground-count rows."""
+    no part in it). `count_scenes` (default `n`) sizes the foreground-count rows,
+    `fid_scenes` the FID references (one per foreground count)."""
     resolution = pipe.config.resolution
     max_fg = min(int(max_foregrounds), pipe.max_foregrounds)
     classifier = classifier or train_classifier(resolution)
@@ -218,14 +333,18 @@ def ablation(pipe: Any, n: int, *, seed: int = 0, steps: int = 20, guidance: flo
                                 num_foregrounds=k)
         plans.append((f"all, {k} foreground{'s' if k > 1 else ''}", ABLATION_SETTINGS[-1][1],
                       pairs, k))
+    # FID references: true pictures of other scenes with the same foreground counts
+    fid_refs = {k: fid_reference(classifier, resolution, scenes=fid_scenes, seed=seed,
+                                 max_foregrounds=max_fg, num_foregrounds=k or None)
+                for k in {0, *(k for *_, k in plans)}}
     rows = []
     if reference:
         rows.append(AblationRow(REFERENCE_ROW, len(mixed), 0,
-                                reference_measures(mixed, classifier)))
+                                reference_measures(mixed, classifier, fid_refs[0])))
     for name, switches, pairs, k in plans:
         if log:
             log(f"{name}: {len(pairs)} scenes")
-        measures = evaluate(pipe, pairs, **switches, **common)
+        measures = evaluate(pipe, pairs, **switches, **common, reference=fid_refs[k])
         rows.append(AblationRow(name, len(pairs), k, measures, dict(switches)))
     if decomposition:
         pairs = mixed[: decomposition_scenes or n]
@@ -239,7 +358,8 @@ def ablation(pipe: Any, n: int, *, seed: int = 0, steps: int = 20, guidance: flo
     return rows
 
 
-def _cell(value: tuple[float, float], digits: int) -> str:
+def cell(value: tuple[float, float], digits: int) -> str:
+    """`mean ± half` with `digits` decimals ("n/a" for a NaN mean)."""
     mean, half = value
     if not math.isfinite(mean):
         return "n/a"
@@ -255,7 +375,7 @@ def format_table(rows: Sequence[AblationRow]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row.name, str(row.scenes)]
-        cells += [_cell(row.measures[m], MEASURES[m][1]) if m in row.measures else "" for m in
+        cells += [cell(row.measures[m], MEASURES[m][1]) if m in row.measures else "" for m in
                   names]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

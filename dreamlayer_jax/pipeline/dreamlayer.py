@@ -1,4 +1,8 @@
-"""`DreamLayerPipeline`: text to layers (and the building blocks of decompose / edit)."""
+"""`DreamLayerPipeline`: text to layers (and the building blocks of decompose / edit).
+
+Decomposition and editing are functions of a pipeline, `pipeline.decompose.decompose(pipe,
+...)` and `pipeline.edit.edit(pipe, ...)`: they build on this module, never the reverse.
+"""
 
 from __future__ import annotations
 
@@ -269,20 +273,6 @@ class DreamLayerPipeline:
                 layer_noise=layer_noise, keep=keep, start=start, sharding=sharding,
                 progress=self._progress if progress else None, alpha_decoder=decoder,
                 alpha_params=alpha_params, kept=kept, alphas=alphas)
-
-    def decompose(self, image: Any, layers: Sequence[Any] = (), background: str = "background",
-                  prompt: str | None = None, **kwargs: Any) -> LayeredResult:
-        """Split an existing picture into layers (training-free); see `pipeline.decompose`."""
-        from dreamlayer_jax.pipeline.decompose import decompose
-
-        return decompose(self, image, layers, background, prompt, **kwargs)
-
-    def edit(self, saved_dir: str | os.PathLike, ops: Sequence[Any],
-             out: str | os.PathLike | None = None, **kwargs: Any) -> LayeredResult:
-        """Edit a saved result in latent space and re-harmonize; see `pipeline.edit`."""
-        from dreamlayer_jax.pipeline.edit import edit
-
-        return edit(self, saved_dir, ops, out, **kwargs)
 
     def _check_sampling_args(self, scenes, steps, guidance, seeds, *,
                              irh_window: tuple[float, float] | None = None) -> None:
