@@ -42,6 +42,7 @@ from dreamlayer_jax.data.layer_stack import (
     clean_name,
     describe,
     overlapping,
+    paste,
     refuse,
     scale_alpha,
     to_rgba8,
@@ -241,10 +242,21 @@ class _Walk:
         # vectors; a shape layer's stored pixels are already the drawn shape.
         force = (layer.has_vector_mask() and not layer.vector_mask.disabled
                  and not isinstance(layer, ShapeLayer | FillLayer) and layer.has_pixels())
-        color, _, alpha = composite(layer, color=0.0, alpha=0.0, viewport=self.psd.viewbox,
+        # A plain layer's stored pixels bound what it paints: render only there.
+        viewport = self.psd.viewbox
+        if (not layer.is_group() and layer.has_pixels() and not isinstance(layer, FillLayer)
+                and not _enabled_effects(layer) and not layer.clip_layers):
+            x0, y0, x1, y1 = layer.bbox
+            viewport = (max(x0, 0), max(y0, 0), min(x1, self.psd.width),
+                        min(y1, self.psd.height))
+        canvas = np.zeros((self.psd.height, self.psd.width, 4), np.uint8)
+        if viewport[0] >= viewport[2] or viewport[1] >= viewport[3]:
+            return canvas
+        color, _, alpha = composite(layer, color=0.0, alpha=0.0, viewport=viewport,
                                     as_layer=True, force=force)
         rgba = to_rgba8(self.colour(color), alpha[..., 0])
-        return scale_alpha(rgba, coverage)
+        paste(canvas, rgba, viewport[0], viewport[1])
+        return scale_alpha(canvas, coverage)
 
     def emit(self, layer: Layer, where: str, coverage: float) -> StackLayer:
         piece = StackLayer(clean_name(layer.name), where, self.render(layer, coverage),
