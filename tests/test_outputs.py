@@ -43,8 +43,12 @@ def test_psd_reopens_with_named_layers_in_order_and_matches_the_composite(pasted
 
     out = pasted.save(tmp_path / "run")
     psd = PSDImage.open(out / "layers.psd")
+    from dreamlayer_jax.io.layered_files import GLOBAL_LAYER_NAME
+
     names = [layer.name for layer in psd]
-    assert names == ["background", "01 a red star", "02 a green ring"]
+    # the model's global layer travels along as a hidden top layer
+    assert names == ["background", "01 a red star", "02 a green ring", GLOBAL_LAYER_NAME]
+    assert [layer.visible for layer in psd] == [True, True, True, False]
     flat = np.asarray(psd.composite().convert("RGB"), np.int16)
     composite = np.asarray(Image.open(out / "composite.png"), np.int16)
     opaque = np.zeros(flat.shape[:2], bool)
