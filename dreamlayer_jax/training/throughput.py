@@ -1,0 +1,110 @@
+"""Per-step throughput of training: seconds per step, examples/s, TFLOP/s per device, MFU.
+
+The FLOPs of one train step come once from XLA's cost analysis of the compiled step
+(`compiled_flops`: for a program partitioned over a mesh, the count is per device). The
+peak is a table of the accelerators' dense bf16 peaks per chip, or, on a CPU, a matmul
+measured on the spot (`measured_cpu_peak`), since CPU peaks differ by machine.
+MFU = achieved FLOP/s per device / peak FLOP/s per device.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+PEAK_BF16_TFLOPS = {  # dense bf16 per chip, vendor figures
+    "tpu v4": 275.0,
+    "tpu v5 lite": 197.0,  # v5e
+    "tpu v5e": 197.0,
+    "tpu v5p": 459.0,
+    "tpu v5": 459.0,
+    "tpu v6 lite": 918.0,  # v6e (Trillium)
+    "tpu v6e": 918.0,
+    "h200": 989.0,
+    "h100": 989.0,  # SXM
+    "a100": 312.0,
+    "l4": 121.0,
+}
+
+
+def compiled_flops(compiled: Any) -> float | None:
+    """FLOPs of one call of a compiled program (per device when partitioned); None when
+    the backend gives no cost analysis."""
+    try:
+        analysis = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - not every backend implements it
+        return None
+    if isinstance(analysis, list | tuple):
+        analysis = analysis[0] if analysis else {}
+    flops = (analysis or {}).get("flops")
+    return float(flops) if flops and flops > 0 else None
+
+
+@functools.cache
+def measured_cpu_peak(size: int = 1024, repeats: int = 5) -> float:
+    """FLOP/s of a float32 `size^3` matmul on this CPU (best of `repeats`): the CPU's
+    practical peak, measured once per process."""
+    a = jnp.ones((size, size), jnp.float32)
+    matmul = jax.jit(lambda x: x @ x)
+    jax.block_until_ready(matmul(a))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(matmul(a))
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best
+
+
+def peak_flops(device: Any | None = None) -> tuple[float | None, str]:
+    """`(peak FLOP/s per device, where it comes from)` for `device` (default: the first)."""
+    device = device or jax.devices()[0]
+    kind = str(getattr(device, "device_kind", "")).lower()
+    if device.platform == "cpu":
+        return measured_cpu_peak(), "measured f32 matmul"
+    for name, tflops in sorted(PEAK_BF16_TFLOPS.items(), key=lambda kv: -len(kv[0])):
+        if name in kind:
+            return tflops * 1e12, f"{name} bf16 peak"
+    return None, f"unknown device kind {kind!r}"
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Turns step counts and wall time into the logged throughput numbers.
+
+    `flops_per_step`: per device (`compiled_flops`); `examples_per_step`: the global
+    batch; `peak_per_device`: FLOP/s (`peak_flops`), None when unknown.
+    """
+
+    flops_per_step: float | None
+    examples_per_step: int
+    num_devices: int
+    peak_per_device: float | None
+
+    def report(self, steps: int, seconds: float) -> dict[str, float]:
+        """`seconds_per_step`, `examples_per_second` and, where FLOPs are known,
+        `tflops_per_device` and `mfu` over `steps` steps that took `seconds`."""
+        seconds = max(seconds, 1e-9)
+        out = {"seconds_per_step": seconds / steps,
+               "examples_per_second": steps * self.examples_per_step / seconds}
+        if self.flops_per_step is not None:
+            achieved = steps * self.flops_per_step / seconds
+            out["tflops_per_device"] = achieved / 1e12
+            if self.peak_per_device:
+                out["mfu"] = achieved / self.peak_per_device
+        return out
+
+
+def format_throughput(step: int, loss: float, numbers: dict[str, float]) -> str:
+    """One log line: `step 100 loss 0.1234 | 0.52 s/step 15.4 ex/s 0.012 TFLOP/s/dev MFU 3.1%`."""
+    parts = [f"step {step} loss {loss:.4f} |", f"{numbers['seconds_per_step']:.3g} s/step",
+             f"{numbers['examples_per_second']:.3g} ex/s"]
+    if "tflops_per_device" in numbers:
+        parts.append(f"{numbers['tflops_per_device']:.3g} TFLOP/s/device")
+    if "mfu" in numbers:
+        parts.append(f"MFU {100 * numbers['mfu']:.1f}%")
+    return " ".join(parts)
