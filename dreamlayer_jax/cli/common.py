@@ -13,14 +13,32 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from dreamlayer_jax.errors import DreamLayerError, InputError, OutputError
 from dreamlayer_jax.pipeline.scene import Layer
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """`--help` keeps the description's line breaks and shows each flag's default (where
+    it has a real one: not None, False or an empty list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" in text or default in (None, False, argparse.SUPPRESS)
+                or default == [] or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr and exit code 2."""
+    """argparse, but a usage error is one line on stderr and exit code 2, and `--help`
+    shows defaults (`HelpFormatter`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise InputError(message)
@@ -74,12 +92,16 @@ def parse_layer_arg(text: str) -> Layer:
 
 def add_sampling_args(p: ArgumentParser) -> None:
     """The model and sampling flags of `sample.py` and `sample.py decompose`."""
-    p.add_argument("--model", default=None, help="model folder or hub id (default: built-in)")
+    p.add_argument("--model", default=None, help="model folder or hub id (default: the "
+                                                  "built-in model)")
     p.add_argument("--steps", type=int, default=30, help="denoising steps")
     p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scheduler", default=None, help="ddim | ddpm | euler | euler_a | dpm++2m")
-    p.add_argument("--out", type=Path, default=None, help="output folder (new or empty)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (same seed, "
+                                                      "same scene)")
+    p.add_argument("--scheduler", default=None, help="ddim | ddpm | euler | euler_a | "
+                                                     "dpm++2m (default: the model's)")
+    p.add_argument("--out", type=Path, default=None, help="output folder, new or empty "
+                                                          "(default: out/scene-DATE-TIME)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -1,8 +1,11 @@
 """`TrainConfig`: every knob of a training run, loaded from a `configs/*.py` file.
 
 A config file defines `get_config()` returning a `TrainConfig` or a dict of its fields;
-`--set key=value` overrides single fields (values parsed as Python literals, falling
-back to the raw string).
+`--set key=value [key=value ...]` overrides fields (values parsed as Python literals,
+falling back to the raw string). `FIELD_HELP` says what each field means
+(`train.py --show-config CONFIG` prints them with their values), `fit_mesh` lays a
+`mesh` with a -1 over any device count, and a run's config is kept in its workdir
+(`save_run_config` / `load_run_config`) so that `--resume` needs no repeated `--set`.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib.util
+import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +26,59 @@ from dreamlayer_jax.errors import ConfigError
 MODES = ("diffusion", "transparency")
 TRAIN_PARAMS = ("all", "dreamlayer", "kv")  # optimizer.param_labels says which leaves each trains
 DTYPES = ("float32", "bfloat16")
+
+FIELD_HELP: dict[str, str] = {
+    "model": "base model folder or hub id (a diffusers SD folder or a DreamLayer folder, "
+             "e.g. one written by dreamlayer_jax.cli.init_model)",
+    "data_dir": "TFDS dataset (dreamlayer-build-dataset's --out, or its versioned "
+                "dreamlayer_scenes/<config>/1.0.0 folder); empty = in-memory synthetic scenes",
+    "split": "dataset split to train on",
+    "synthetic_scenes": "number of in-memory synthetic scenes when data_dir is empty",
+    "synthetic_resolution": "side in pixels of the in-memory synthetic scenes",
+    "max_layers": "layer slots per scene (background + foregrounds + global); 0 = the model's",
+    "dreamlayer": "DreamLayerConfig fields set on the model, e.g. {'lora_rank': 16} or "
+                  "{'variant': 'paper'}",
+    "mode": "'diffusion' (the layer UNet) or 'transparency' (the latent codec's alpha decoder)",
+    "curriculum": "(start_step, max_foregrounds) stages; () = every scene from the start",
+    "seed": "seed of the initial state, noise, data order and augmentation",
+    "num_steps": "optimizer steps of the whole run (a resumed run continues to it)",
+    "batch_size": "global batch (split over processes and the mesh's data*fsdp axes)",
+    "learning_rate": "peak learning rate",
+    "warmup_steps": "linear warm-up steps",
+    "end_lr_ratio": "the cosine decay ends at learning_rate * end_lr_ratio (1 = constant)",
+    "weight_decay": "AdamW weight decay",
+    "adam_b1": "AdamW beta1",
+    "adam_b2": "AdamW beta2",
+    "grad_clip": "global gradient-norm clip",
+    "grad_accum": "micro-batches accumulated per step",
+    "ema_decay": "decay of the exported EMA weights",
+    "train_params": "'all' | 'dreamlayer' (LoRA, role embedding) | 'kv' (paper variant)",
+    "compute_dtype": "'float32' or 'bfloat16' (bf16 compute, f32 master weights)",
+    "prediction_type": "'epsilon' | 'v_prediction' | 'sample'; empty = the scheduler's",
+    "min_snr_gamma": "min-SNR loss weighting gamma; 0 = off",
+    "role_loss_weights": "loss weights of (background, foregrounds, global)",
+    "flip_prob": "probability of a horizontal flip of a training scene",
+    "prompt_dropout": "probability of dropping a prompt (classifier-free guidance)",
+    "caca": "train with CACA (context-aware cross-attention)",
+    "lssa": "train with LSSA (layer-shared self-attention)",
+    "context_loss_weight": "paper variant: weight of the context-map loss L_c",
+    "layout_loss_weight": "paper variant: weight of the layout loss L_layout",
+    "max_nonfinite": "consecutive non-finite steps before the run stops",
+    "mesh": "(data, fsdp, layer) device mesh; one -1 takes the remaining devices and makes "
+            "the mesh fit any device count",
+    "attention_backend": "'auto' | 'xla' | 'cudnn' | 'splash'; empty = the model's",
+    "checkpoint_every": "steps between checkpoints (the last step is always saved)",
+    "keep_checkpoints": "checkpoints kept in WORKDIR/checkpoints",
+    "async_checkpoints": "write checkpoints in the background",
+    "log_every": "steps between TensorBoard scalars (first and last steps always logged)",
+    "sample_every": "steps between sample grids (first and last too); 0 = never",
+    "sample_steps": "denoising steps of the sample grids",
+    "sample_scheduler": "scheduler of the sample grids ('ddim', ...); empty = the model's",
+    "eval_scenes": "scenes in a sample grid",
+    "export": "write the EMA weights to WORKDIR/export at the end",
+    "progress": "show a progress bar",
+    "extra": "free-form values for experiments (not read by the trainer)",
+}
 
 
 @dataclass(frozen=True)
@@ -182,13 +240,15 @@ def config_from_dict(values: Mapping[str, Any]) -> TrainConfig:
     return TrainConfig(**{k: _coerce(k, v, defaults[k]) for k, v in values.items()})
 
 
-def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """`["key=value", ...]` -> dict; values are Python literals or plain strings."""
+def parse_overrides(pairs: Sequence[str | Sequence[str]]) -> dict[str, Any]:
+    """`["key=value", ...]` -> dict; values are Python literals or plain strings. Items
+    may be lists of pairs (`--set a=1 b=2 --set c=3`)."""
     out: dict[str, Any] = {}
-    for pair in pairs:
+    flat = [p for item in pairs for p in ([item] if isinstance(item, str) else item)]
+    for pair in flat:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set expects key=value, got {pair!r}")
+            raise ConfigError(f"--set expects key=value pairs, got {pair!r}")
         try:
             out[key.strip()] = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
@@ -196,8 +256,8 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def load_config_file(path: str | os.PathLike, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Run `path`'s `get_config()` and apply `key=value` overrides."""
+def config_file_values(path: str | os.PathLike) -> dict[str, Any]:
+    """The fields `path`'s `get_config()` returns, as a dict."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -210,6 +270,79 @@ def load_config_file(path: str | os.PathLike, overrides: Sequence[str] = ()) -> 
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path} defines no get_config()")
     base = module.get_config()
-    values = dataclasses.asdict(base) if isinstance(base, TrainConfig) else dict(base)
+    return dataclasses.asdict(base) if isinstance(base, TrainConfig) else dict(base)
+
+
+def load_config_file(path: str | os.PathLike,
+                     overrides: Sequence[str | Sequence[str]] = ()) -> TrainConfig:
+    """Run `path`'s `get_config()` and apply `key=value` overrides."""
+    values = config_file_values(path)
     values.update(parse_overrides(overrides))
     return config_from_dict(values)
+
+
+RUN_CONFIG = "config.json"  # a run's config, in its workdir
+
+
+def save_run_config(cfg: TrainConfig, workdir: str | os.PathLike) -> Path:
+    """Write `cfg` to `workdir/config.json` (what `--resume` starts from)."""
+    path = Path(workdir) / RUN_CONFIG
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    return path
+
+
+def load_run_config(workdir: str | os.PathLike,
+                    overrides: Sequence[str | Sequence[str]] = ()) -> TrainConfig | None:
+    """The config saved in `workdir` with `overrides` applied; None if none is saved."""
+    path = Path(workdir) / RUN_CONFIG
+    if not path.is_file():
+        return None
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path} cannot be read ({exc}); pass --config") from None
+    values.update(parse_overrides(overrides))
+    return config_from_dict(values)
+
+
+def show_config(cfg: TrainConfig) -> str:
+    """Every field: its value, TrainConfig's default where the value differs, and its
+    meaning (`train.py --show-config`)."""
+    width = max(len(f.name) for f in dataclasses.fields(cfg))
+    lines = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        note = "" if value == default else f"  (default {default!r})"
+        lines.append(f"{f.name:<{width}}  {value!r}{note}")
+        lines.append(f"{'':<{width}}    {FIELD_HELP.get(f.name, '')}")
+    return "\n".join(lines)
+
+
+def fit_mesh(mesh: Sequence[int], num_devices: int) -> tuple[tuple[int, int, int], str]:
+    """`(data, fsdp, layer)` sizes for `num_devices`, and a note when they differ from
+    `mesh`. A mesh with one -1 fits any count: each fixed axis shrinks to the largest
+    divisor of it that divides what is left, and -1 takes the rest. A mesh without -1
+    must use every device exactly; ConfigError says what to pass."""
+    sizes = [int(s) for s in mesh]
+    if len(sizes) != 3 or any(s == 0 or s < -1 for s in sizes) or sizes.count(-1) > 1:
+        raise ConfigError(f"train config: mesh={tuple(mesh)!r} must be three sizes "
+                          "(data, fsdp, layer), at most one of them -1")
+    if -1 not in sizes:
+        if math.prod(sizes) != num_devices:
+            raise ConfigError(f"mesh {tuple(sizes)} needs {math.prod(sizes)} devices, this "
+                              f"host has {num_devices}: pass --set mesh=-1,1,1 (or sizes "
+                              f"whose product is {num_devices})")
+        return (sizes[0], sizes[1], sizes[2]), ""
+    left, fitted = num_devices, list(sizes)
+    for i, size in enumerate(sizes):
+        if size != -1:
+            fitted[i] = math.gcd(size, left)
+            left //= fitted[i]
+    fitted[sizes.index(-1)] = left
+    note = ""
+    if fitted != [left if s == -1 else s for s in sizes]:
+        note = (f"mesh {tuple(sizes)} does not fit {num_devices} device(s): using "
+                f"{tuple(fitted)} (set another with --set mesh=DATA,FSDP,LAYER)")
+    return (fitted[0], fitted[1], fitted[2]), note

@@ -3,6 +3,10 @@
     trainer = Trainer(cfg, workdir)         # loads the base model, data, mesh, optimiser
     trainer.run(resume=True)                # trains to cfg.num_steps; returns the history
     trainer.export(folder)                  # EMA weights as a loadable model folder
+
+Nothing is lost silently: a workdir that holds a run (checkpoints or an export) is
+refused unless the run resumes it or `overwrite=True` clears it (`check_workdir`); a
+resumed run says from which step; the config is saved as `workdir/config.json`.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +40,7 @@ from dreamlayer_jax.parallel.mesh import make_mesh
 from dreamlayer_jax.pipeline.components import DREAMLAYER, save_dreamlayer_unet
 from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
 from dreamlayer_jax.training.checkpoint import Checkpointer, abstract_like
-from dreamlayer_jax.training.config import TrainConfig
+from dreamlayer_jax.training.config import TrainConfig, fit_mesh, save_run_config
 from dreamlayer_jax.training.logging import MetricsLogger
 from dreamlayer_jax.training.optimizer import make_optimizer, trained_mask
 from dreamlayer_jax.training.state import TrainState, ema_weights, init_train_state
@@ -60,15 +65,33 @@ def synthetic_source(cfg: TrainConfig, max_layers: int) -> list[dict[str, Any]]:
             for i in range(cfg.synthetic_scenes)]
 
 
+def dataset_folder(data_dir: str | os.PathLike) -> Path:
+    """The versioned dataset folder (`.../dreamlayer_scenes/<config>/<version>`) of
+    `data_dir`, which may be that folder or any folder above it holding one dataset
+    (the TFDS root `dreamlayer-build-dataset --out` wrote)."""
+    folder = Path(data_dir)
+    if not folder.exists():
+        raise DataError(f"dataset folder {data_dir} does not exist")
+    if (folder / "dataset_info.json").is_file():
+        return folder
+    found = sorted(p.parent for p in folder.glob("**/dataset_info.json"))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise DataError(f"{data_dir} holds no built dataset (no dataset_info.json below "
+                        "it); build one with dreamlayer-build-dataset")
+    raise DataError(f"{data_dir} holds {len(found)} datasets; set data_dir to one of them: "
+                    + ", ".join(str(p) for p in found[:4]))
+
+
 def load_train_source(cfg: TrainConfig, max_layers: int):
     if not cfg.data_dir:
         return synthetic_source(cfg, max_layers)
-    if not Path(cfg.data_dir).exists():
-        raise DataError(f"dataset folder {cfg.data_dir} does not exist")
+    folder = dataset_folder(cfg.data_dir)
     from dreamlayer_jax.data.tfds_builder import load_source
 
     try:
-        return load_source(cfg.data_dir, cfg.split)
+        return load_source(folder, cfg.split)
     except DreamLayerError:
         raise
     except Exception as exc:
@@ -92,7 +115,12 @@ class Trainer:
                                                        dreamlayer=cfg.dreamlayer)
         self._check_conditioning()
         self.max_layers = cfg.max_layers or self.pipe.config.max_layers
-        self.mesh = mesh if mesh is not None else make_mesh(*cfg.mesh)
+        if mesh is None:
+            sizes, note = fit_mesh(cfg.mesh, jax.device_count())
+            if note:
+                self.say(note, warning=True)
+            mesh = make_mesh(*sizes)
+        self.mesh = mesh
         shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         if cfg.batch_size % shards or cfg.batch_size % jax.process_count():
             raise ConfigError(f"batch_size={cfg.batch_size} must divide by data*fsdp={shards} "
@@ -136,6 +164,13 @@ class Trainer:
         self.train_step = make_train_step(cfg, self.tx, loss_fn, params)
         self.step_fn = self.jit_step(self.mesh)
         self.history: list[tuple[int, float]] = []
+
+    def say(self, message: str, warning: bool = False) -> None:
+        """One line for the user (process 0): on stdout, a warning on the progress bar's
+        stream (the terminal's stderr)."""
+        if jax.process_index() == 0:
+            stream = (self.progress_stream or sys.stderr) if warning else sys.stdout
+            print(f"warning: {message}" if warning else message, file=stream, flush=True)
 
     def _check_conditioning(self) -> None:
         """The base UNet's added conditioning must be what the text encoders give."""
@@ -196,29 +231,39 @@ class Trainer:
         return state, data_state, step
 
     # -- the loop --------------------------------------------------------------------
-    def run(self, resume: bool = False, workdir: str | os.PathLike | None = None
-            ) -> list[tuple[int, float]]:
+    def run(self, resume: bool = False, workdir: str | os.PathLike | None = None, *,
+            overwrite: bool = False) -> list[tuple[int, float]]:
         """Train to `cfg.num_steps`; returns `[(step, loss), ...]` of the steps run here.
 
         `workdir` overrides the trainer's (one trainer, one compiled step, several runs).
+        A workdir holding an earlier run is refused unless `resume` (continue it) or
+        `overwrite` (delete its checkpoints, export, logs and samples first).
         """
         cfg = self.cfg
         if workdir is not None:
             self.workdir = Path(workdir)
+        if jax.process_index() == 0:
+            check_workdir(self.workdir, resume=resume, overwrite=overwrite)
         self.history = []
         ckpt = Checkpointer(self.workdir, keep=cfg.keep_checkpoints,
                             async_save=cfg.async_checkpoints)
+        if jax.process_index() == 0:
+            save_run_config(cfg, self.workdir)
         iterator = self.make_iterator()
         state, start = None, 0
-        if resume and ckpt.latest_step() is not None:
+        latest = ckpt.latest_step() if resume else None
+        if latest is not None:
             state, data_state, start = self.restore(ckpt)
             iterator.set_state(data_state)
+            self.say(f"resumed from step {start} ({ckpt.directory})")
+        elif resume:
+            self.say(f"no checkpoint in {ckpt.directory}: starting from step 0")
         if state is None:
             state = self.initial_state()
         logger = MetricsLogger(self.workdir, enabled=jax.process_index() == 0)
         bar = logger.progress(start, cfg.num_steps, enabled=cfg.progress,
                               stream=self.progress_stream)
-        tick = time.perf_counter()
+        tick, last_logged = time.perf_counter(), start
         try:
             for step in range(start, cfg.num_steps):
                 state, metrics = self.step_fn(state, self.text_params,
@@ -232,14 +277,16 @@ class Trainer:
                         f"or gradient (last at step {step + 1}); stopping. The last good "
                         f"checkpoint in {ckpt.directory} is intact: lower the learning rate "
                         f"or use float32")
-                if (step + 1) % cfg.log_every == 0:
+                edge = step == start or step + 1 == cfg.num_steps  # first and last
+                if (step + 1) % cfg.log_every == 0 or edge:
                     now = time.perf_counter()
-                    metrics["steps_per_second"] = cfg.log_every / max(now - tick, 1e-9)
+                    done, last_logged = step + 1 - last_logged, step + 1
+                    metrics["steps_per_second"] = done / max(now - tick, 1e-9)
                     tick = now
                     logger.scalars(step + 1, metrics)
                     bar.set_postfix(loss=f"{float(metrics['loss']):.4f}")
                 if (cfg.sample_every and cfg.mode == "diffusion"
-                        and (step + 1) % cfg.sample_every == 0):
+                        and ((step + 1) % cfg.sample_every == 0 or edge)):
                     self.write_samples(logger, step + 1, state)
                 if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.num_steps:
                     if int(metrics["nonfinite"]) == 0:  # never save a skipped step's state
@@ -308,6 +355,35 @@ class Trainer:
                        seed=list(range(len(scenes))),
                        scheduler=self.cfg.sample_scheduler or None)
         logger.sample_grid(step, results)
+
+
+RUN_PARTS = ("checkpoints", "export", "tensorboard", "samples", "config.json")
+
+
+def check_workdir(workdir: str | os.PathLike, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a fresh run over an earlier one (one line, `ConfigError`) unless
+    `overwrite`, which deletes the earlier run's parts (`RUN_PARTS`; train.log is kept)."""
+    workdir = Path(workdir)
+    ckpts = workdir / "checkpoints"
+    steps = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) \
+        if ckpts.is_dir() else []
+    if resume and not overwrite:
+        return
+    if overwrite:
+        if resume:
+            raise ConfigError("--resume and --overwrite contradict each other: pick one")
+        for part in RUN_PARTS:
+            path = workdir / part
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        return
+    if steps or (workdir / "export").exists():
+        held = f"checkpoints up to step {steps[-1]}" if steps else "an exported model"
+        raise ConfigError(f"{workdir} holds an earlier run ({held}): pass --resume to "
+                          "continue it, --overwrite to delete it and start over, or "
+                          "another --workdir")
 
 
 def eval_scenes(source, max_layers: int, count: int, boxes: bool = True):
