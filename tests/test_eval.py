@@ -13,6 +13,7 @@ from dreamlayer_jax.eval.evaluate import (
     DECOMPOSITION_ROW,
     MEASURES,
     REFERENCE_ROW,
+    SET_MEASURES,
     ablation,
     evaluate,
     format_table,
@@ -23,9 +24,14 @@ from dreamlayer_jax.eval.measures import (
     alpha_iou,
     box_iou,
     coherence_psnr,
+    fid,
+    frechet_distance,
+    laplacian_energy,
     layout_alignment,
     mean_ci95,
+    noise_ratio,
     psnr,
+    ratio_ci95,
 )
 from dreamlayer_jax.eval.scenes import HELD_OUT_BASE
 
@@ -144,6 +150,67 @@ def test_fidelity_checks_the_asked_colour_and_shape(classifier32):
         False, False)
 
 
+def test_laplacian_energy_of_flat_and_noised_pictures():
+    flat = np.full((16, 16, 3), 0.5)
+    assert laplacian_energy(flat) == 0.0
+    rng = np.random.default_rng(0)
+    noised = flat + rng.normal(0.0, 0.05, flat.shape)
+    # i.i.d. noise of std s: E[lap^2] = 20 s^2 inside (edges replicate, a little less)
+    assert laplacian_energy(noised) == pytest.approx(20 * 0.05**2, rel=0.15)
+    # RGBA: colour under zero alpha is invisible and does not count
+    layer = np.zeros((16, 16, 4))
+    layer[..., :3] = rng.uniform(0.0, 1.0, (16, 16, 3))
+    assert laplacian_energy(layer) == 0.0
+
+
+def test_noise_ratio_is_one_for_itself_and_above_one_when_noised():
+    _, truth = held_out_scenes(1, seed=0, resolution=32)[0]
+    pictures = [s.composite for _, s in held_out_scenes(6, seed=0, resolution=32)]
+    assert noise_ratio(pictures, pictures) == (1.0, 0.0)
+    rng = np.random.default_rng(1)
+    noised = [np.clip(p / 255.0 + rng.normal(0.0, 0.05, p.shape), 0.0, 1.0) for p in pictures]
+    ratio, half = noise_ratio(noised, pictures)
+    assert ratio > 1.5 and ratio - half > 1.0
+    layers = [layer for _, s in held_out_scenes(6, seed=0, resolution=32) for layer in s.layers]
+    assert noise_ratio(layers, layers)[0] == 1.0
+    assert math.isnan(ratio_ci95([1.0], [0.0])[0])
+
+
+def test_frechet_distance_is_zero_for_a_set_with_itself_and_grows_with_a_shift():
+    rng = np.random.default_rng(0)
+    a = rng.normal(0.0, 1.0, (300, 6))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    distances = [frechet_distance(a + shift, a) for shift in (0.5, 1.0, 2.0)]
+    # a shift d of the mean in every one of 6 dimensions adds 6 d^2
+    assert distances == pytest.approx([6 * 0.25, 6.0, 24.0], rel=1e-6)
+    b = rng.normal(0.0, 1.0, (300, 6))  # the same law, other samples: small, not zero
+    assert 0.0 < frechet_distance(b, a) < 0.5
+    value, half = fid(a + 1.0, a, resamples=50)
+    assert value == pytest.approx(6.0) and 0.0 < half < 3.0
+
+
+def test_fid_features_separate_true_from_corrupted_pictures(classifier32):
+    from dreamlayer_jax.eval.evaluate import fid_reference
+
+    pairs = held_out_scenes(40, seed=2, resolution=32)
+    reference = fid_reference(classifier32, 32, scenes=120, seed=2)
+    assert classifier32.picture is not None
+    assert min(classifier32.picture.accuracy.values()) >= 0.7
+    true_bg = classifier32.picture.features([t.background for _, t in pairs])
+    rng = np.random.default_rng(0)
+    noisy_bg = classifier32.picture.features(
+        [np.clip(t.background / 255.0 + rng.normal(0, 0.1, t.background.shape), 0, 1)
+         for _, t in pairs])
+    assert frechet_distance(true_bg, reference.background) < frechet_distance(
+        noisy_bg, reference.background)
+    layers = [layer for _, t in pairs for layer in t.layers]
+    recoloured = [layer[..., [2, 0, 1, 3]] for layer in layers]  # RGB -> BRG
+    true_fg = classifier32.features(layers)
+    assert true_fg.shape[0] == len(layers)
+    assert frechet_distance(true_fg, reference.foreground) < frechet_distance(
+        classifier32.features(recoloured), reference.foreground)
+
+
 # ------------------------------------------------------------- end to end, tiny model
 
 
@@ -153,8 +220,14 @@ def classifier8():
 
 
 def _check_measures(measures, names):
-    assert list(measures) == list(names)
+    # set measures (noise ratios, FIDs) need enough pictures: present when computable
+    assert [m for m in measures if m not in SET_MEASURES] == [
+        m for m in names if m not in SET_MEASURES]
+    assert set(measures) <= set(names)
     for name, (mean, half) in measures.items():
+        if name in SET_MEASURES:
+            assert math.isnan(mean) or mean >= 0.0, name
+            continue
         assert math.isfinite(mean) and math.isfinite(half) and half >= 0, name
     for name in ("layout", "box_iou", "colour", "shape", "alpha_iou"):
         if name in measures:
@@ -165,13 +238,16 @@ def test_evaluate_runs_end_to_end_on_the_tiny_model(tiny_pipe, classifier8):
     pairs = held_out_scenes(3, seed=0, resolution=8, max_foregrounds=1)
     measures = evaluate(tiny_pipe, pairs, steps=2, guidance=2.0, batch_size=2,
                         classifier=classifier8)
-    _check_measures(measures, MEASURES)
+    _check_measures(measures, [m for m in MEASURES if not m.startswith("fid_")])
+    assert {"noise_global", "noise_background", "noise_foreground"} <= set(measures)
 
 
 def test_ablation_table_has_every_setting_and_foreground_count(tiny_pipe, classifier8):
     rows = ablation(tiny_pipe, 2, steps=2, guidance=2.0, batch_size=2, classifier=classifier8,
                     decomposition=True, decomposition_scenes=2, max_foregrounds=1,
-                    foreground_counts=(1,))
+                    foreground_counts=(1,), fid_scenes=20)
+    assert rows[0].measures["noise_global"] == (1.0, 0.0)  # the truth against itself
+    assert "fid_composite" in rows[0].measures and "fid_composite" in rows[1].measures
     assert [r.name for r in rows] == [REFERENCE_ROW, *(name for name, _ in ABLATION_SETTINGS),
                                       "all, 1 foreground", DECOMPOSITION_ROW]
     decomposition = ["background_psnr", "alpha_iou"]
@@ -236,6 +312,7 @@ def test_ground_truth_scores_perfectly_on_layout_fidelity_and_decomposition(clas
     assert measures["layout"] == (pytest.approx(1.0), pytest.approx(0.0))
     assert measures["colour"][0] == 1.0 and measures["shape"][0] >= 0.9
     assert measures["background_psnr"][0] == PSNR_CAP and measures["alpha_iou"][0] == 1.0
+    assert measures["noise_global"] == measures["noise_foreground"] == (1.0, 0.0)
     # The true composite is lit (sunset / night) while its layers are not.
     assert 10.0 < measures["coherence_psnr"][0] < PSNR_CAP
 

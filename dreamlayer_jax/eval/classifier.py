@@ -11,6 +11,15 @@ plain numpy: no compilation and no cache, a few seconds on a CPU.
     clf = train_classifier(resolution=32)      # trained on CLASSIFIER_BASE seeds
     clf.accuracy                                # on held-out ground truth
     clf.fidelity(layer_rgba, "red", "star")     # -> (colour_ok, shape_ok)
+    clf.features(layers)                        # penultimate features (closed-world FID)
+    clf.picture.features(pictures)              # the same for RGB backgrounds/composites
+
+A second classifier (`PictureClassifier`) reads whole RGB pictures (`picture_features`:
+4x4 block colours, colour statistics, gradient and Laplacian energies) and names the
+background's kind, colour and light; it is trained on ground-truth backgrounds and
+composites. The hidden layers of both are the feature spaces of the closed-world FID
+(`measures.fid`): foreground layers in the layer classifier's, backgrounds and
+composites in the picture classifier's.
 """
 
 from __future__ import annotations
@@ -96,6 +105,10 @@ class MLP:
     def predict(self, x: np.ndarray) -> np.ndarray:
         return np.argmax(self.logits(x), axis=-1)
 
+    def hidden(self, x: np.ndarray) -> np.ndarray:
+        """`x[N, F]` -> the penultimate (hidden ReLU) activations `[N, hidden]`."""
+        return np.maximum((x - self.mean) / self.scale @ self.w1 + self.b1, 0.0)
+
 
 def train_mlp(x: np.ndarray, y: np.ndarray, num_classes: int, *, hidden: int = 32,
               steps: int = 300, lr: float = 0.02, weight_decay: float = 1e-3, seed: int = 0
@@ -146,6 +159,72 @@ def ground_truth_examples(n_scenes: int, seed: int | tuple[int, ...], resolution
     return np.stack(feats), np.asarray(colours), np.asarray(shapes)
 
 
+PICTURE_BLOCKS = 4  # picture_features: PICTURE_BLOCKS x PICTURE_BLOCKS mean colours
+PICTURE_TASKS = ("kind", "colour", "light")  # background_attributes the picture MLPs name
+
+
+def picture_features(picture: np.ndarray) -> np.ndarray:
+    """Features float32 of an RGB picture `[H, W, 3]` (an RGBA one loses its alpha): the
+    mean colour of `PICTURE_BLOCKS^2` blocks, the channels' means and standard deviations,
+    and the logs of the mean squared x/y differences and Laplacian of its grey level."""
+    rgb = to_float(np.asarray(picture))[..., :3].astype(np.float64)
+    h, w, _ = rgb.shape
+    b = PICTURE_BLOCKS
+    blocks = rgb[: h - h % b, : w - w % b].reshape(b, h // b, b, w // b, 3).mean(axis=(1, 3))
+    grey = rgb.mean(axis=-1)
+    p = np.pad(grey, 1, mode="edge")
+    lap = p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:] - 4.0 * grey
+    energies = [np.mean(np.diff(grey, axis=1) ** 2), np.mean(np.diff(grey, axis=0) ** 2),
+                np.mean(lap**2)]
+    return np.concatenate([blocks.ravel(), rgb.mean(axis=(0, 1)), rgb.std(axis=(0, 1)),
+                           np.log(np.asarray(energies) + 1e-6)]).astype(np.float32)
+
+
+@dataclass
+class PictureClassifier:
+    """MLPs naming a background's kind, colour and light from a whole RGB picture.
+
+    `accuracy` holds each task's accuracy on held-out ground-truth backgrounds and
+    composites; `features` is the FID feature space of pictures."""
+
+    models: dict[str, MLP]
+    labels: dict[str, tuple[str, ...]]
+    accuracy: dict[str, float]
+
+    def features(self, pictures: Sequence[np.ndarray]) -> np.ndarray:
+        """The hidden activations of every task's MLP, concatenated: `[N, 3 * hidden]`."""
+        x = np.stack([picture_features(p) for p in pictures])
+        return np.concatenate([self.models[t].hidden(x) for t in PICTURE_TASKS], axis=1)
+
+
+def train_picture_classifier(resolution: int, train_scenes: int = 800, test_scenes: int = 200,
+                             seed: int = 0) -> PictureClassifier:
+    """Train on the backgrounds and composites of ground-truth scenes from
+    `(CLASSIFIER_BASE + seed, 2, i)`, test on `(CLASSIFIER_BASE + seed, 3, i)`."""
+    base = CLASSIFIER_BASE + int(seed)
+
+    def examples(n: int, stream: int) -> tuple[np.ndarray, dict[str, list[str]]]:
+        feats, names = [], {t: [] for t in PICTURE_TASKS}
+        for scene in synthetic_scenes(n, (base, stream), resolution):
+            attrs = scene.meta["background_attributes"]
+            for picture in (scene.background, scene.composite):
+                feats.append(picture_features(picture))
+                for task in PICTURE_TASKS:
+                    names[task].append(str(attrs[task]))
+        return np.stack(feats), names
+
+    x, names = examples(train_scenes, 2)
+    xt, names_t = examples(test_scenes, 3)
+    models, labels, accuracy = {}, {}, {}
+    for i, task in enumerate(PICTURE_TASKS):
+        labels[task] = tuple(sorted(set(names[task]) | set(names_t[task])))
+        y = np.asarray([labels[task].index(v) for v in names[task]])
+        yt = np.asarray([labels[task].index(v) for v in names_t[task]])
+        models[task] = train_mlp(x, y, len(labels[task]), seed=seed + 2 + i)
+        accuracy[task] = float(np.mean(models[task].predict(xt) == yt))
+    return PictureClassifier(models, labels, accuracy)
+
+
 @dataclass
 class LayerClassifier:
     """Colour and shape classifiers of foreground layers at one resolution.
@@ -158,6 +237,17 @@ class LayerClassifier:
     colour_model: MLP
     shape_model: MLP
     accuracy: dict[str, float]
+    picture: PictureClassifier | None = None
+
+    def features(self, layers: Sequence[np.ndarray]) -> np.ndarray:
+        """Penultimate features `[N, 2 * hidden]` (colour and shape MLPs' hidden layers)
+        of the RGBA layers that have a body (empty layers are left out)."""
+        feats = [f for f in (layer_features(layer) for layer in layers) if f is not None]
+        width = self.colour_model.w1.shape[1] + self.shape_model.w1.shape[1]
+        if not feats:
+            return np.zeros((0, width), np.float32)
+        x = np.stack(feats)
+        return np.concatenate([self.colour_model.hidden(x), self.shape_model.hidden(x)], 1)
 
     def predict(self, layers: Sequence[np.ndarray]) -> list[tuple[str, str] | None]:
         """`(colour, shape)` names per RGBA layer `[H, W, 4]`; None for an empty layer."""
@@ -187,11 +277,11 @@ class LayerClassifier:
 
 
 def train_classifier(resolution: int, train_scenes: int = 800, test_scenes: int = 200,
-                     seed: int = 0) -> LayerClassifier:
+                     seed: int = 0, picture: bool = True) -> LayerClassifier:
     """Train on ground-truth layers of `train_scenes` scenes from `(CLASSIFIER_BASE + seed,
     0, i)` and measure accuracy on `test_scenes` from `(CLASSIFIER_BASE + seed, 1, i)`;
     both streams are disjoint from training (small seeds) and evaluation
-    (`HELD_OUT_BASE`)."""
+    (`HELD_OUT_BASE`). With `picture`, the `PictureClassifier` is trained too."""
     base = CLASSIFIER_BASE + int(seed)
     x, colours, shapes = ground_truth_examples(train_scenes, (base, 0), resolution)
     colour_model = train_mlp(x, colours, len(COLOUR_NAMES), seed=seed)
@@ -201,4 +291,6 @@ def train_classifier(resolution: int, train_scenes: int = 800, test_scenes: int 
         "colour": float(np.mean(colour_model.predict(xt) == colours_t)),
         "shape": float(np.mean(shape_model.predict(xt) == shapes_t)),
     }
-    return LayerClassifier(int(resolution), colour_model, shape_model, accuracy)
+    pictures = (train_picture_classifier(resolution, train_scenes, test_scenes, seed)
+                if picture else None)
+    return LayerClassifier(int(resolution), colour_model, shape_model, accuracy, pictures)

@@ -9,6 +9,11 @@ Pure, vectorised numpy. Images are `[H, W, C]`, uint8 in `[0, 255]` or float in 
   generated background and foregrounds (inter-layer coherence).
 - `psnr`, `alpha_iou`: decomposition against ground truth (background, alpha masks).
 - `mean_ci95`: a mean and its 95% confidence half-width (Student's t).
+- `laplacian_energy`, `noise_ratio`: high-frequency energy (mean squared Laplacian) of
+  pictures, and the ratio of generated to ground-truth energy with a bootstrap interval.
+- `frechet_distance`, `fid`: the Frechet distance between two feature sets (closed-world
+  FID: features from the ground-truth-trained classifiers, `eval/classifier.py`), with a
+  bootstrap interval over the generated set.
 
 PSNR convention: images in `[0, 1]` (peak 1), and identical images give `PSNR_CAP`
 (100 dB) rather than infinity, so that means and confidence intervals stay finite; any
@@ -17,10 +22,11 @@ PSNR above the cap is reported as the cap.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import stats
+from scipy import linalg, stats
 
 from dreamlayer_jax.data.compositing import alpha_composite_float, to_float
 
@@ -146,3 +152,100 @@ def mean_ci95(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
         return mean, float("nan")
     half = stats.t.ppf(0.975, n - 1) * x.std(ddof=1) / np.sqrt(n)
     return mean, float(half)
+
+
+BOOTSTRAP_RESAMPLES = 1000
+
+
+def laplacian_energy(image: np.ndarray) -> float:
+    """Mean squared 4-neighbour Laplacian of a picture, per pixel and channel, in `[0, 1]`
+    units (edges replicated).
+
+    RGB `[H, W, 3]` is used as is; a straight-alpha RGBA layer `[H, W, 4]` as its
+    premultiplied colour and its alpha, so colour under transparent pixels (invisible)
+    does not count while noise in the alpha does. Per-pixel noise of standard deviation
+    `s` adds about `20 s^2` (the Laplacian's kernel has squared norm 20).
+    """
+    x = to_float(np.asarray(image)).astype(np.float64)
+    if x.ndim != 3 or x.shape[-1] not in (3, 4):
+        raise ValueError(f"expected RGB or RGBA [H, W, C], got {x.shape}")
+    if x.shape[-1] == 4:
+        x = np.concatenate([x[..., :3] * x[..., 3:], x[..., 3:]], axis=-1)
+    p = np.pad(x, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    lap = p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:] - 4.0 * x
+    return float(np.mean(lap**2))
+
+
+def ratio_ci95(numerator: Sequence[float] | np.ndarray, denominator: Sequence[float] |
+               np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+               ) -> tuple[float, float]:
+    """`(ratio, half_width)`: `sum(numerator) / sum(denominator)` over paired items and
+    the half-width of its 95% percentile-bootstrap interval (items resampled in pairs;
+    half of the 2.5..97.5 percentile span). A zero denominator gives `(nan, nan)`."""
+    num = np.asarray(numerator, np.float64).ravel()
+    den = np.asarray(denominator, np.float64).ravel()
+    if num.shape != den.shape:
+        raise ValueError(f"paired values differ in count: {num.size} vs {den.size}")
+    if num.size == 0 or den.sum() <= 0:
+        return float("nan"), float("nan")
+    ratio = float(num.sum() / den.sum())
+    if num.size == 1:
+        return ratio, float("nan")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, num.size, (int(resamples), num.size))
+    sums = den[idx].sum(axis=1)
+    boot = num[idx].sum(axis=1)[sums > 0] / sums[sums > 0]
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return ratio, float((hi - lo) / 2.0)
+
+
+def noise_ratio(generated: Sequence[np.ndarray], truth: Sequence[np.ndarray],
+                resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """High-frequency energy of `generated` pictures over that of the paired ground truth
+    (`laplacian_energy` summed over each set): 1 = as smooth as the truth, above 1 =
+    noisier. Returns `(ratio, 95% half-width)` (`ratio_ci95`)."""
+    if len(generated) != len(truth):
+        raise ValueError(f"{len(generated)} generated pictures for {len(truth)} true ones")
+    return ratio_ci95([laplacian_energy(g) for g in generated],
+                      [laplacian_energy(t) for t in truth], resamples, seed)
+
+
+def _moments(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(features, np.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"expected features [N >= 2, D], got {x.shape}")
+    return x.mean(axis=0), np.cov(x, rowvar=False).reshape(x.shape[1], x.shape[1])
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to features `a[N, D]` and `b[M, D]`:
+    `|mu_a - mu_b|^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2))` (FID's formula), >= 0."""
+    mu_a, cov_a = _moments(a)
+    mu_b, cov_b = _moments(b)
+    with warnings.catch_warnings():  # fewer samples than dimensions: singular, expected
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+        if not np.isfinite(root).all():  # nudge both diagonals (as pytorch-fid does)
+            offset = np.eye(cov_a.shape[0]) * 1e-6
+            root, _ = linalg.sqrtm((cov_a + offset) @ (cov_b + offset), disp=False)
+    root = np.real(root)
+    value = float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b)
+                  - 2.0 * np.trace(root))
+    return max(0.0, value)
+
+
+def fid(generated: np.ndarray, reference: np.ndarray, resamples: int = 200, seed: int = 0
+        ) -> tuple[float, float]:
+    """`(FID, 95% half-width)` of generated features `[N, D]` against reference features
+    `[M, D]`; the interval resamples the generated set (bootstrap, the reference fixed).
+    Small sets bias FID upwards: compare rows at equal `N`, and against the ground-truth
+    row (true pictures of other scenes against the same reference)."""
+    generated = np.asarray(generated, np.float64)
+    value = frechet_distance(generated, reference)
+    if generated.shape[0] < 3 or resamples < 2:
+        return value, float("nan")
+    rng = np.random.default_rng(seed)
+    boot = [frechet_distance(generated[rng.integers(0, len(generated), len(generated))],
+                             reference) for _ in range(int(resamples))]
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return value, float((hi - lo) / 2.0)
