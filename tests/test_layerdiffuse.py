@@ -23,7 +23,6 @@ from dreamlayer_jax.codecs.latent import LatentCodec
 from dreamlayer_jax.codecs.layerdiffuse import (
     LayerDiffuseTransparency,
     grey_composite,
-    load_layerdiffuse,
     load_transparency,
 )
 from dreamlayer_jax.codecs.transparency import TransparencyDecoder, TransparencyDecoderConfig
@@ -240,15 +239,23 @@ def converted(small, encoder_file, tmp_path_factory):
     return out
 
 
-def test_codec_encodes_grey_composite_moved_by_the_offset(vae, converted, encoder_file):
-    transparency = load_transparency(None, converted)
-    assert isinstance(transparency, LayerDiffuseTransparency)
-    assert transparency.encoder is not None
-    codec = LatentCodec(vae, transparency)
+@pytest.fixture(scope="module")
+def codec(vae, converted):
+    """The "layerdiffuse" LatentCodec of the converted folder, with its encode (without and
+    with a key) and decode compiled once for all codec tests."""
+    codec = LatentCodec(vae, load_transparency(None, converted))
+    encode = jax.jit(lambda x: (codec.encode(x), codec.encode(x, jax.random.key(0))))
+    decode = jax.jit(lambda z: (codec.decode(z), codec.decode_rgb(z)))
+    return codec, encode, decode
+
+
+def test_codec_encodes_grey_composite_moved_by_the_offset(vae, codec, encoder_file):
+    codec, encode, _ = codec
+    assert isinstance(codec.transparency, LayerDiffuseTransparency)
+    assert codec.transparency.encoder is not None
     assert codec.transparency_mode == "layerdiffuse"
     rgba = rgba_image(1, 64, 64, seed=6)
-    latents, drawn = jax.jit(lambda x: (codec.encode(x), codec.encode(x, jax.random.key(0))))(
-        rgba)
+    latents, drawn = encode(rgba)
     assert latents.shape == drawn.shape == (1, 8, 8, 4)
     grey = 0.5 + (rgba[..., :3] - 0.5) * rgba[..., 3:]
     np.testing.assert_allclose(grey_composite(rgba), grey)
@@ -261,10 +268,10 @@ def test_codec_encodes_grey_composite_moved_by_the_offset(vae, converted, encode
     assert not np.allclose(drawn, latents)
 
 
-def test_codec_decodes_unscaled_latents_into_clipped_rgba_with_alpha_last(vae, converted, small):
-    codec = LatentCodec(vae, load_layerdiffuse(converted))
+def test_codec_decodes_unscaled_latents_into_clipped_rgba_with_alpha_last(vae, codec, small):
+    _, encode, decode = codec
     latents = np.random.default_rng(7).normal(size=(1, 8, 8, 4)).astype(np.float32)
-    rgba, rgb = jax.jit(lambda z: (codec.decode(z), codec.decode_rgb(z)))(latents)
+    rgba, rgb = decode(latents)
     assert rgba.shape == (1, 64, 64, 4)
     with torch.no_grad():
         def reference(z):
@@ -275,6 +282,9 @@ def test_codec_decodes_unscaled_latents_into_clipped_rgba_with_alpha_last(vae, c
         scaled = reference(latents)
     np.testing.assert_allclose(rgba, expected, atol=1e-4)
     assert float(np.abs(scaled - expected).max()) > 1e-2  # the scaled latent would differ
+    round_trip, _ = decode(encode(rgba_image(1, 64, 64, seed=6))[0])
+    assert round_trip.shape == (1, 64, 64, 4)
+    assert float(round_trip.min()) >= 0.0 and float(round_trip.max()) <= 1.0
 
 
 def test_model_folder_config_selects_the_mode_and_the_own_decoder_still_loads(

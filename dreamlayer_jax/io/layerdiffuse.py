@@ -67,8 +67,9 @@ def read_layerdiffuse_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     state = _read_file(path)
     if not state:
         raise WeightsError(f"{str(path)!r} holds no tensors")
-    bad = [k for k, v in state.items()
-           if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all()]
+    bad = [k for k, v in state.items()  # bfloat16 (kind "V") is checked through float32
+           if v.dtype.kind in "fV" and not np.isfinite(
+               v if v.dtype.kind == "f" else v.astype(np.float32)).all()]
     if bad:
         raise WeightsError(f"{str(path)!r}: {len(bad)} tensors hold NaN or Inf: {_summary(bad)}")
     return state
@@ -197,14 +198,11 @@ def ldm_to_diffusers_key(key: str, block_layers: Sequence[int]) -> str:
     raise KeyError(key)
 
 
-def _patch_deltas(state: Mapping[str, np.ndarray], kind: str,
-                  what: str) -> dict[str, tuple[np.ndarray, bool]]:
-    """`{ldm weight key: (delta, is_lora_product)}` in PyTorch layout, float32.
-
-    A LoRA delta is `up @ down` (`::lora::0` `[out, r(, 1, 1)]`, `::lora::1`
-    `[r, in(, kh, kw)]`), times `alpha / r` where a `::lora::2` alpha is given (ComfyUI's
-    rule; LayerDiffuse's files have none: scale 1); it still needs its weight's shape.
-    """
+def _patch_entries(state: Mapping[str, np.ndarray], kind: str,
+                   what: str) -> dict[str, dict[int, np.ndarray]]:
+    """`{ldm weight key: {index: tensor}}` of a `::lora::` or `::diff::` file, checked for
+    complete entries: `::diff::0`; `::lora::0` (up `[out, r(, 1, 1)]`), `::lora::1` (down
+    `[r, in(, kh, kw)]`) and an optional `::lora::2` (alpha)."""
     groups: dict[str, dict[int, np.ndarray]] = {}
     bad: list[str] = []
     for key, value in state.items():
@@ -215,27 +213,35 @@ def _patch_deltas(state: Mapping[str, np.ndarray], kind: str,
         if not name.endswith((".weight", ".bias")):
             name += ".weight"
         groups.setdefault(name, {})[int(index)] = value
-    out: dict[str, tuple[np.ndarray, bool]] = {}
     for name, parts in groups.items():
-        if kind == "diff":
-            if set(parts) != {0}:
-                bad.append(f"{name}::diff::{sorted(parts)}")
-                continue
-            out[name] = (parts[0].astype(np.float32), False)
-            continue
-        if not {0, 1} <= set(parts) <= {0, 1, 2}:
-            bad.append(f"{name}::lora::{sorted(parts)}")
-            continue
-        up, down = parts[0].astype(np.float32), parts[1].astype(np.float32)
-        rank = down.shape[0]
-        if up.ndim < 2 or up.shape[1] != rank:
-            bad.append(f"{name} (up {up.shape} does not fit down {down.shape})")
-            continue
-        scale = float(np.asarray(parts[2]).reshape(())) / rank if 2 in parts else 1.0
-        out[name] = (scale * (up.reshape(up.shape[0], -1) @ down.reshape(rank, -1)), True)
+        allowed = ({0},) if kind == "diff" else ({0, 1}, {0, 1, 2})
+        if set(parts) not in allowed:
+            bad.append(f"{name}::{kind}::{sorted(parts)}")
+        elif kind == "lora" and (parts[0].ndim < 2 or parts[0].shape[1] != parts[1].shape[0]):
+            bad.append(f"{name} (up {parts[0].shape} does not fit down {parts[1].shape})")
     if bad:
         raise WeightsError(f"{what}: {len(bad)} malformed {kind} entries: {_summary(bad)}")
-    return out
+    return groups
+
+
+def _delta_shape(parts: dict[int, np.ndarray], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape the entry's delta has once fitted to a weight of (torch) `shape`."""
+    if 1 not in parts:
+        return tuple(parts[0].shape)
+    numel = parts[0].shape[0] * int(np.prod(parts[1].shape[1:]))
+    return shape if numel == int(np.prod(shape)) else (parts[0].shape[0], *parts[1].shape[1:])
+
+
+def _delta(parts: dict[int, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """The float32 delta (PyTorch layout, `shape`): `diff`, or `up @ down` times
+    `alpha / r` where an alpha is given (ComfyUI's rule; LayerDiffuse's files have none:
+    scale 1)."""
+    if 1 not in parts:
+        return parts[0].astype(np.float32)
+    up, down = parts[0].astype(np.float32), parts[1].astype(np.float32)
+    rank = down.shape[0]
+    scale = float(np.asarray(parts[2], np.float32).reshape(())) / rank if 2 in parts else 1.0
+    return (scale * (up.reshape(up.shape[0], -1) @ down.reshape(rank, -1))).reshape(shape)
 
 
 def _patch_files(path: str | os.PathLike) -> list[Path]:
@@ -265,18 +271,17 @@ def merge_layerdiffuse_attention(unet: nnx.Module, path: str | os.PathLike,
     """
     target = getattr(unet, "unet", unet)
     block_layers = target.config.block_layers
-    state = nnx.state(target, nnx.Param)
-    flat = traverse_util.flatten_dict(nnx.to_pure_dict(state))
+    flat = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(target, nnx.Param)))
     by_key = {torch_key(p): p for p in flat}
-    updates: dict[tuple[Any, ...], np.ndarray] = {}
-    for file in _patch_files(path):
+    planned: list[tuple[tuple[Any, ...], dict[int, np.ndarray]]] = []
+    for file in _patch_files(path):  # check every file before changing anything
         what = repr(str(file))
         raw = read_layerdiffuse_file(file)
         kind = identify(raw, what)
         if kind not in ("lora", "diff"):
             raise WeightsError(f"{what} is a LayerDiffuse {kind} file, not a UNet patch")
         unknown, missing, misshaped = [], [], []
-        for ldm, (delta, is_product) in _patch_deltas(raw, kind, what).items():
+        for ldm, parts in _patch_entries(raw, kind, what).items():
             try:
                 key = ldm_to_diffusers_key(ldm, block_layers)
             except KeyError:
@@ -286,21 +291,20 @@ def merge_layerdiffuse_attention(unet: nnx.Module, path: str | os.PathLike,
                 missing.append(f"{ldm} -> {key}")
                 continue
             p = by_key[key]
-            value = np.asarray(flat[p])
-            shape = _torch_shape(p, value.shape)
-            if is_product and delta.size == int(np.prod(shape)):
-                delta = delta.reshape(shape)
-            if delta.shape != shape:
-                misshaped.append(f"{ldm} {delta.shape} (expected {shape})")
+            shape = _torch_shape(p, flat[p].shape)
+            if _delta_shape(parts, shape) != shape:
+                misshaped.append(f"{ldm} {_delta_shape(parts, shape)} (expected {shape})")
                 continue
-            delta = _to_nnx_layout(str(p[-1]), delta, value.shape)
-            base = updates.get(p, value.astype(np.float32))
-            updates[p] = base + strength * delta
+            planned.append((p, parts))
         problems = [f"{len(v)} {name}: {_summary(v)}" for name, v in (
             ("keys with no diffusers UNet name", unknown),
             ("keys naming no parameter of this UNet", missing), ("mis-shaped", misshaped)) if v]
         if problems:
             raise WeightsError(f"{what} does not fit this UNet: " + "; ".join(problems))
-    new = {p: jnp.asarray(v, dtype=flat[p].dtype) for p, v in updates.items()}
-    nnx.update(target, nnx.State(traverse_util.unflatten_dict(new)))
-    return len(new)
+    for p, parts in planned:  # one tensor at a time: memory stays one weight's delta
+        value = flat[p]
+        delta = _to_nnx_layout(str(p[-1]), _delta(parts, _torch_shape(p, value.shape)),
+                               value.shape)
+        flat[p] = (value.astype(jnp.float32) + strength * delta).astype(value.dtype)
+        nnx.update(target, nnx.State(traverse_util.unflatten_dict({p: flat[p]})))
+    return len({p for p, _ in planned})
