@@ -28,3 +28,39 @@ def test_the_builtin_model_samples_a_layered_scene_deterministically():
     if rows.size:  # opacity only inside the box plus the margin
         margin = pipe.config.box_margin
         assert cols.min() >= int((0.2 - margin) * res) - 1 and cols.max() <= (0.7 + margin) * res
+
+
+def _config_module(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "configs" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_config_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_v2_config_holds_every_3_foreground_prompt_and_the_paper_global_slot():
+    from dreamlayer_jax.data.synthetic import SyntheticSceneGenerator
+    from dreamlayer_jax.models.tokenizer import load_tokenizer
+
+    v1, v2 = _config_module("builtin"), _config_module("builtin_v2")
+    length = v2.ARCHITECTURE["text_encoder"]["max_position_embeddings"]
+    assert v1.ARCHITECTURE["text_encoder"]["max_position_embeddings"] == 32  # shipped model
+    assert {k: v for k, v in v2.ARCHITECTURE.items() if k != "text_encoder"} == {
+        k: v for k, v in v1.ARCHITECTURE.items() if k != "text_encoder"}
+    tokenizer = load_tokenizer(builtin_model_path())  # the same word list as init_model's
+    generator = SyntheticSceneGenerator(resolution=32, max_foregrounds=3, min_foregrounds=3)
+    longest = concat = 0
+    for i in range(300):
+        scene = generator.sample((0, i))
+
+        def count(text: str) -> int:
+            return len(tokenizer(text)["input_ids"])  # [SOS] and [EOS] included
+
+        longest = max(longest, count(scene.prompt))
+        concat = max(concat, 2 + sum(count(p) - 2 for p in
+                                     [scene.background_prompt, *scene.layer_prompts]))
+    assert longest > 32  # what cut the v1 model's prompts
+    assert longest <= length and concat <= length
