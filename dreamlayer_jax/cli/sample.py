@@ -1,5 +1,11 @@
 """`dreamlayer-sample` / `python sample.py`: generate a scene as layers.
 
+Sub-commands (each has its own --help):
+    python sample.py [FLAGS]             generate a scene (this help)
+    python sample.py decompose IMAGE ... split a picture into layers
+    python sample.py edit DIR ...        move / scale / flip / delete / reprompt / reorder
+                                         the layers of a saved result
+
     python sample.py                                   # the default scene, built-in model
     python sample.py --background "..." --layer "a red star@0.1,0.5,0.45,0.9" [--prompt "..."]
     python sample.py --model PAPER_MODEL --layer "a red star" --background "a blue wall"
@@ -31,6 +37,7 @@ from dreamlayer_jax.cli.common import (
     run_cli,
 )
 from dreamlayer_jax.errors import InputError
+from dreamlayer_jax.models.tokenizer import warn_unknown_words
 from dreamlayer_jax.pipeline.scene import Layer, Scene
 
 if TYPE_CHECKING:
@@ -45,7 +52,9 @@ DEFAULT_SCENE = Scene(
 
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="dreamlayer-sample", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="dreamlayer-sample",
+                       description="\n\n".join(__doc__.split("\n\n")[:2]),
+                       epilog=__doc__.split("\n\n", 3)[3])
     p.add_argument("--prompt", help="the global prompt (the whole picture); default: "
                                     "composed from the layers (the paper variant reads the "
                                     "layers' prompts instead)")
@@ -55,17 +64,24 @@ def build_parser() -> ArgumentParser:
                         "optional with paper-variant models")
     p.add_argument("--scene", type=Path, help="a scene.json instead of --prompt/--layer")
     add_sampling_args(p)
-    p.add_argument("--no-caca", action="store_true", help="switch off CACA")
-    p.add_argument("--no-lssa", action="store_true", help="switch off LSSA")
-    p.add_argument("--no-irh", action="store_true", help="switch off IRH")
-    p.add_argument("--irh-start", type=float, default=None,
-                   help="box variant: IRH's start, a fraction of the steps from the end")
-    p.add_argument("--irh-retain", type=float, default=None,
-                   help="box variant: how hard IRH holds the layers' composite, in [0, 1]")
+    p.add_argument("--no-caca", action="store_true",
+                   help="switch off CACA (context-aware cross-attention)")
+    p.add_argument("--no-lssa", action="store_true",
+                   help="switch off LSSA (layer-shared self-attention)")
+    p.add_argument("--no-irh", action="store_true",
+                   help="switch off IRH (the global layer's re-harmonization)")
+    p.add_argument("--irh-start", type=float, default=None, metavar="FRACTION",
+                   help="box variant: where IRH starts, a fraction of the steps counted "
+                        "from the end, in [0, 1] (default: the model's)")
+    p.add_argument("--irh-retain", type=float, default=None, metavar="WEIGHT",
+                   help="box variant: how hard IRH holds the layers' composite, in [0, 1] "
+                        "(default: the model's)")
     p.add_argument("--irh-restart", type=float, default=None, metavar="T",
-                   help="paper variant: T_H, the timestep IRH re-denoises from")
+                   help="paper variant: T_H, the timestep (0-1000) IRH re-denoises from "
+                        "(default: the model's)")
     p.add_argument("--irh-stop", type=float, default=None, metavar="T",
-                   help="paper variant: T_H', the timestep IRH pastes the layers until")
+                   help="paper variant: T_H', the timestep IRH pastes the layers until, "
+                        "<= T_H (default: the model's)")
     return p
 
 
@@ -115,12 +131,23 @@ def _generate(argv: list[str]) -> int:
 
     pipe = DreamLayerPipeline.from_pretrained(args.model, scheduler=args.scheduler)
     warn_ignored_prompt(pipe, args)
+    warn_unknown_words(pipe.conditioner.tokenizers[0], scene.prompts)
     result = pipe(scene, **pipeline_kwargs(args))
     saved = result.save(out)
-    print(f"wrote {len(result.layers)} foreground layers, background and composite to {saved}/")
-    for name in sorted(p.name for p in saved.iterdir()):
-        print(f"  {saved / name}")
+    print(f"wrote {layers_phrase(len(result.layers))}, background and composite to {saved}/")
+    list_files(saved)
     return 0
+
+
+def layers_phrase(count: int) -> str:
+    """"1 foreground layer", "2 foreground layers"."""
+    return f"{count} foreground layer{'' if count == 1 else 's'}"
+
+
+def list_files(folder: Path) -> None:
+    """Print the files written into `folder`, one a line."""
+    for name in sorted(p.name for p in folder.iterdir()):
+        print(f"  {folder / name}")
 
 
 def _main(argv: list[str] | None) -> int:

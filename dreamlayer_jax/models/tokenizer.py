@@ -83,3 +83,36 @@ def write_word_tokenizer(folder: str | os.PathLike, words: list[str], max_length
               "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
               "pad_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
+
+
+CLOSED_VOCABULARY_SIZE = 10_000  # fewer entries: a word tokenizer over a closed vocabulary
+
+
+def unknown_words(tokenizer: Any, prompts: list[str]) -> list[str]:
+    """The words of `prompts` a closed-vocabulary tokenizer (`write_word_tokenizer`'s,
+    e.g. the built-in model's) has no token for, in order of appearance; [] for an open
+    vocabulary (CLIP's 49408 BPE tokens read any text)."""
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    if not vocab or len(vocab) >= CLOSED_VOCABULARY_SIZE:
+        return []
+    out: list[str] = []
+    for prompt in prompts:
+        for raw in prompt.lower().split():
+            word = raw.strip(".,;:!?'\"()[]")
+            if (word and word.isalpha() and f"{word}</w>" not in vocab
+                    and word not in out):
+                out.append(word)
+    return out
+
+
+def warn_unknown_words(tokenizer: Any, prompts: list[str]) -> list[str]:
+    """One warning line naming the words `unknown_words` finds (returns them)."""
+    words = unknown_words(tokenizer, prompts)
+    if words:
+        import warnings
+
+        shown = ", ".join(repr(w) for w in words[:12]) + (" ..." if len(words) > 12 else "")
+        them = "them" if len(words) > 1 else "it"
+        warnings.warn(f"the model has never seen {shown}: its closed vocabulary reads "
+                      f"{them} letter by letter, so expect {them} to be ignored", stacklevel=2)
+    return words

@@ -83,7 +83,11 @@ class DreamLayerPipeline:
         """Load a DreamLayer (or plain Stable Diffusion) folder or hub id; no argument:
         the built-in model. `scheduler` overrides the folder's scheduler kind,
         `dreamlayer` fields of its `DreamLayerConfig` (`components.load_dreamlayer_unet`)."""
-        if path is None:
+        # "builtin" (as scene.json records it) names the built-in model, unless a folder
+        # of that name is here
+        builtin = path is None or (str(path) == "builtin" and not Path("builtin").exists())
+        name = "builtin" if builtin else str(path)
+        if builtin:
             path = builtin_model_path()
             if not (path / "model_index.json").is_file():
                 raise InputError("the built-in model is not bundled with this version: "
@@ -93,7 +97,7 @@ class DreamLayerPipeline:
         conditioner = TextConditioner.from_pretrained(folder, dtype=dtype)
         codec = load_codec(folder, unet.config, dtype)
         sched = load_scheduler(folder / "scheduler", scheduler)
-        return cls(unet, conditioner, codec, sched, name=str(path))
+        return cls(unet, conditioner, codec, sched, name=name)
 
     def with_scheduler(self, name: str) -> Scheduler:
         return scheduler_from_config(self.scheduler.config.to_dict(), name)

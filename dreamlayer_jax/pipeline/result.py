@@ -94,6 +94,23 @@ class LayeredResult:
         record["background"]["file"] = "background.png"
         for entry, name in zip(record["layers"], files):
             entry["file"] = name
+            if entry.get("box") is not None:  # no float noise (0.09500000000000003)
+                entry["box"] = [round(float(v), 6) for v in entry["box"]]
         record["composite"] = "composite.png"
         record.update(self.info)
+        record.pop("model_path", None)  # an edit's info carries the saved scene's
+        record.update(model_record(record.get("model")))
         (folder / "scene.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def model_record(model: Any) -> dict[str, Any]:
+    """scene.json's `"model"`, portable: `"builtin"` for the built-in model, otherwise
+    the path or hub id as given plus, for a local folder, `"model_path"` (absolute)."""
+    if not isinstance(model, str) or not model:
+        return {}
+    from dreamlayer_jax.pipeline.dreamlayer import builtin_model_path
+
+    path = Path(model).expanduser()
+    if model == "builtin" or (path.is_dir() and path.resolve() == builtin_model_path()):
+        return {"model": "builtin"}
+    return {"model": model, **({"model_path": str(path.resolve())} if path.exists() else {})}
