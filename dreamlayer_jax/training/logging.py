@@ -1,4 +1,5 @@
-"""Training logs: TensorBoard scalars (tensorboardX), a tqdm bar, sample grids as PNG."""
+"""Training logs: TensorBoard scalars (tensorboardX), a tqdm bar, sample grids as PNG
+(one row per scene, a header naming the columns)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,28 @@ def layer_grid(results: Sequence[Any]) -> np.ndarray:
     return grid
 
 
+LABEL_HEIGHT = 14  # pixels of the header row naming the columns
+MIN_TILE = 64  # small models' tiles are enlarged (nearest) so that the labels fit
+
+
+def labelled_grid(results: Sequence[Any]) -> np.ndarray:
+    """`layer_grid` with a header row naming its columns (background, layer 1 ...,
+    global), tiles enlarged to at least `MIN_TILE` pixels."""
+    from PIL import ImageDraw
+
+    grid = layer_grid(results)
+    h, w = results[0].background.shape[:2]
+    zoom = max(1, -(-MIN_TILE // min(h, w)))
+    grid = np.repeat(np.repeat(grid, zoom, axis=0), zoom, axis=1)
+    cols = grid.shape[1] // (w * zoom)
+    names = ["background", *(f"layer {i}" for i in range(1, cols - 1)), "global"]
+    header = Image.new("RGB", (grid.shape[1], LABEL_HEIGHT), (32, 32, 32))
+    draw = ImageDraw.Draw(header)
+    for j, name in enumerate(names):
+        draw.text((j * w * zoom + 3, 1), name, fill=(230, 230, 230))
+    return np.concatenate([np.asarray(header), grid], axis=0)
+
+
 class _NoBar:
     def update(self, n: int) -> None: ...
     def set_postfix(self, **kw: Any) -> None: ...
@@ -75,7 +98,7 @@ class MetricsLogger:
     def sample_grid(self, step: int, results: Sequence[Any]) -> Path | None:
         if self.writer is None:
             return None
-        grid = layer_grid(results)
+        grid = labelled_grid(results)
         path = self.workdir / "samples" / f"step_{step:08d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(grid).save(path)
