@@ -5,16 +5,45 @@ diffusers' own blocks (`get_down_block`, `get_up_block`, `UNetMidBlock2D`), the 
 `estimate_augmented`, `LatentTransparencyOffsetEncoder`, and `build_alpha_pyramid` /
 `pad_rgb` (their OpenCV resizes emulated: area weights as exact interval overlaps,
 bilinear as torch's `interpolate(align_corners=False)`, which is OpenCV's INTER_LINEAR
-when enlarging).
+when enlarging). Also the small helpers the LayerDiffuse tests share.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers.models.unets.unet_2d_blocks import UNetMidBlock2D, get_down_block, get_up_block
+from safetensors.torch import save_file
 from torch import nn
+
+
+def save(state: dict, path: Path, dtype: torch.dtype | None = None) -> Path:
+    """A bare state dict as one safetensors file (cast to `dtype` if given)."""
+    save_file({k: v.detach().to(dtype or v.dtype).contiguous() for k, v in state.items()},
+              str(path))
+    return path
+
+
+def nchw(x: np.ndarray) -> torch.Tensor:
+    """`[N, H, W, C]` numpy -> `[N, C, H, W]` torch."""
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def nhwc(x: torch.Tensor) -> np.ndarray:
+    """`[N, C, H, W]` torch -> `[N, H, W, C]` numpy."""
+    return x.detach().numpy().transpose(0, 2, 3, 1)
+
+
+def assert_relative(actual, expected, what: str, tol: float = 1e-4) -> None:
+    """`max |actual - expected| / max |expected| <= tol`."""
+    actual, expected = np.asarray(actual, np.float32), np.asarray(expected, np.float32)
+    assert actual.shape == expected.shape, what
+    err = float(np.abs(actual - expected).max()) / max(float(np.abs(expected).max()), 1e-6)
+    assert err <= tol, f"{what}: relative error {err:.3g} > {tol:.3g}"
+
 
 DOWN = ("DownBlock2D",) * 4 + ("AttnDownBlock2D",) * 3
 UP = ("AttnUpBlock2D",) * 3 + ("UpBlock2D",) * 4
