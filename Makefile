@@ -1,4 +1,4 @@
-# Two commands a newcomer needs: `make run` and `make test`.
+# Two commands a newcomer needs: `make run` and `make test` (README.md: their times).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -30,9 +30,17 @@ clean:
 	rm -rf $(VENV) .jax_cache .pytest_cache
 
 # The built-in model: a random init, training on synthetic scenes, then the export.
-.PHONY: builtin
+# `make builtin` never deletes: it makes runs/builtin/init once and resumes the run in
+# runs/builtin (stop it any time, run it again); `make install-builtin` then copies the
+# export over the model shipped in dreamlayer_jax/builtin/ (an explicit, separate step).
+.PHONY: builtin install-builtin
 builtin: $(STAMP)
-	rm -rf runs/builtin
-	$(BIN)/python -m dreamlayer_jax.cli.init_model configs/builtin.py runs/builtin/init
-	$(BIN)/python train.py --config configs/builtin.py --workdir runs/builtin
+	test -f runs/builtin/init/model_index.json || \
+		$(BIN)/python -m dreamlayer_jax.cli.init_model configs/builtin.py runs/builtin/init
+	$(BIN)/python train.py --config configs/builtin.py --workdir runs/builtin --resume
+
+install-builtin:
+	test -f runs/builtin/export/model_index.json || \
+		{ echo "error: no runs/builtin/export: run make builtin first" >&2; exit 2; }
 	rm -rf dreamlayer_jax/builtin && cp -r runs/builtin/export dreamlayer_jax/builtin
+	@echo "installed runs/builtin/export as the built-in model (git diff --stat shows it)"
