@@ -1,5 +1,8 @@
 """Fine-tune Stable Diffusion 1.5 into DreamLayer at 512 px (LoRA + role embedding).
 
+    python train.py --config configs/sd15.py --workdir runs/sd15 \\
+        --set model=/path/to/stable-diffusion-v1-5 data_dir=/path/to/dataset
+
 `model` is a diffusers SD 1.5 folder: `dreamlayer` adds rank-32 LoRA adapters and the
 zero-initialised role embedding on top of the frozen weights (a DreamLayer folder whose
 adapters have another rank is refused). Train the transparency decoder first

@@ -1,6 +1,10 @@
 """The tiny configuration: a small random model on in-memory synthetic scenes (CPU).
 
-    python train.py --config configs/tiny.py --workdir /tmp/run --set model=PATH
+    python -m dreamlayer_jax.cli.init_model configs/tiny.py runs/tiny/init
+    python train.py --config configs/tiny.py --workdir runs/tiny --set model=runs/tiny/init
+
+`init_model` writes a small random model at `synthetic_resolution` (16 px) for it; any
+DreamLayer folder of that resolution also works as `model`.
 """
 
 

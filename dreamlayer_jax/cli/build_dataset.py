@@ -141,18 +141,20 @@ def _main(argv: list[str] | None) -> int:
             raise OutputError(f"output folder {str(out)!r} is not empty: pass --overwrite "
                               "to rebuild it, or another --out")
         shutil.rmtree(out)
+    for src in [*args.sources, *args.eval]:  # refused before anything is written
+        if not src.exists():
+            raise InputError(f"source {str(src)!r} does not exist")
     out.mkdir(parents=True, exist_ok=True)
     import logging
 
     logging.getLogger("absl").setLevel(logging.ERROR)
-    try:
-        with library_output_to_log(out, "build.log"), \
-                contextlib.redirect_stdout(sys.stderr):  # tfds prints its progress
+    with library_output_to_log(out, "build.log"), \
+            contextlib.redirect_stdout(sys.stderr):  # tfds prints its progress
+        try:
             path = _build(args)
-    except BaseException:
-        if not any(p.name != "build.log" for p in out.iterdir()):
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+        except BaseException:
+            shutil.rmtree(out, ignore_errors=True)  # nothing half-built is left
+            raise
     downloads = out / "downloads"  # tfds' empty download folder
     if downloads.is_dir() and not any(p.is_file() for p in downloads.rglob("*")):
         shutil.rmtree(downloads)

@@ -26,7 +26,7 @@ from dreamlayer_jax.cli.common import (
     library_output_to_log,
     run_cli,
 )
-from dreamlayer_jax.errors import ConfigError
+from dreamlayer_jax.errors import ConfigError, InputError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,7 +113,7 @@ def _main(argv: list[str] | None) -> int:
     if args.show_config is not None:
         return _show_config(args)
     if not args.workdir:
-        raise ConfigError("--workdir is required")
+        raise InputError("the following arguments are required: --workdir")
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: pick one")
     cfg = resolve_config(args)  # a bad config fails before jax loads

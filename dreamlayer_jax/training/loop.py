@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ from dreamlayer_jax.training.step import (
     place_batch,
     state_shardings,
 )
+from dreamlayer_jax.training.throughput import StepMeter, format_throughput
 from dreamlayer_jax.training.transparency import make_transparency_loss_fn, transparency_codec
 
 COPIED_PARTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler",
@@ -247,8 +247,6 @@ class Trainer:
         self.history = []
         ckpt = Checkpointer(self.workdir, keep=cfg.keep_checkpoints,
                             async_save=cfg.async_checkpoints)
-        if jax.process_index() == 0:
-            save_run_config(cfg, self.workdir)
         iterator = self.make_iterator()
         state, start = None, 0
         latest = ckpt.latest_step() if resume else None
@@ -260,14 +258,19 @@ class Trainer:
             self.say(f"no checkpoint in {ckpt.directory}: starting from step 0")
         if state is None:
             state = self.initial_state()
+        if jax.process_index() == 0:  # once the state is there (a failed restore writes nothing)
+            save_run_config(cfg, self.workdir)
         logger = MetricsLogger(self.workdir, enabled=jax.process_index() == 0)
         bar = logger.progress(start, cfg.num_steps, enabled=cfg.progress,
                               stream=self.progress_stream)
-        tick, last_logged = time.perf_counter(), start
+        meter = None
         try:
             for step in range(start, cfg.num_steps):
-                state, metrics = self.step_fn(state, self.text_params,
-                                              self.device_batch(next(iterator)))
+                batch = self.device_batch(next(iterator))
+                if meter is None:  # the step's FLOPs, once, from its lowering (no compile)
+                    meter = StepMeter(self.step_fn, (state, self.text_params, batch),
+                                      cfg.batch_size, self.mesh.devices.flat, start)
+                state, metrics = self.step_fn(state, self.text_params, batch)
                 metrics = jax.device_get(metrics)
                 self.history.append((step + 1, float(metrics["loss"])))
                 bar.update(1)
@@ -279,11 +282,10 @@ class Trainer:
                         f"or use float32")
                 edge = step == start or step + 1 == cfg.num_steps  # first and last
                 if (step + 1) % cfg.log_every == 0 or edge:
-                    now = time.perf_counter()
-                    done, last_logged = step + 1 - last_logged, step + 1
-                    metrics["steps_per_second"] = done / max(now - tick, 1e-9)
-                    tick = now
+                    numbers = meter.lap(step + 1)  # s/step, examples/s, TFLOP/s, MFU
+                    metrics.update(numbers)
                     logger.scalars(step + 1, metrics)
+                    self.say(format_throughput(step + 1, float(metrics["loss"]), numbers))
                     bar.set_postfix(loss=f"{float(metrics['loss']):.4f}")
                 if (cfg.sample_every and cfg.mode == "diffusion"
                         and ((step + 1) % cfg.sample_every == 0 or edge)):
