@@ -21,14 +21,14 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 from flax import struct
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
 from dreamlayer_jax.attention import paper
 from dreamlayer_jax.attention.backends import attend
 from dreamlayer_jax.attention.box import caca_attention, lssa_attention
 from dreamlayer_jax.attention.masks import ROLE_BACKGROUND, ROLE_FOREGROUND, ROLE_GLOBAL
 from dreamlayer_jax.models.attention import AttendFn
+from dreamlayer_jax.parallel.rules import LAYOUTS, layout, logical_sharding
 
 VARIANTS = ("box", "paper")
 
@@ -159,14 +159,13 @@ class LayerContext:
         return self_fn, cross_fn
 
     def shardings(self, mesh: Mesh) -> LayerContext:
-        """A pytree of `NamedSharding`s like this context: `[B, L, ...]` arrays over
-        `("data", "fsdp") x "layer"`, `token_owner [B, T]` and `timesteps [B]` over the
-        batch axes only."""
+        """A pytree of `NamedSharding`s like this context, by `parallel.rules.LAYOUTS`:
+        `[B, L, ...]` arrays over `("data", "fsdp") x "layer"`, `token_owner [B, T]` and
+        `timesteps [B]` over the batch axes only."""
         def spec(path, a):
-            name = getattr(path[0], "name", getattr(path[0], "key", ""))
-            layer_axis = () if name in ("token_owner", "timesteps") else ("layer",)
-            axes = (("data", "fsdp"), *layer_axis)[: a.ndim]
-            return NamedSharding(mesh, P(*axes))
+            name = str(getattr(path[-1], "name", getattr(path[-1], "key", "")))
+            names = layout(name if name in LAYOUTS else "layer_valid", a.ndim)
+            return logical_sharding(mesh, names)
 
         return jax.tree_util.tree_map_with_path(spec, self)
 

@@ -1,5 +1,7 @@
 """The `("data", "fsdp", "layer")` device mesh and the shardings built on it.
 
+Which mesh axes each array axis is split over is declared once, in `parallel.rules`:
+
 - batch axes (`B`) are sharded over `("data", "fsdp")`;
 - the layer axis (`L`) of latents and of the `LayerContext` over `"layer"`;
 - parameters over `"fsdp"` (their largest divisible axis) and replicated otherwise.
@@ -15,9 +17,14 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from dreamlayer_jax.errors import ConfigError
+from dreamlayer_jax.parallel import rules
+from dreamlayer_jax.parallel.rules import replicated
 
-AXES = ("data", "fsdp", "layer")
-BATCH = ("data", "fsdp")
+__all__ = ["AXES", "BATCH", "batch_sharding", "fsdp_spec", "layer_sharding", "make_mesh",
+           "param_shardings", "replicated"]
+
+AXES = rules.MESH_AXES
+BATCH = rules.logical_spec(("batch",))[0]  # ("data", "fsdp")
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, layer: int = 1,
@@ -40,32 +47,21 @@ def make_mesh(data: int = -1, fsdp: int = 1, layer: int = 1,
 
 def layer_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     """`[B, L, ...]` arrays (latents, layer masks, text): B over data/fsdp, L over layer."""
-    return NamedSharding(mesh, P(BATCH, "layer", *([None] * (ndim - 2))))
+    return rules.logical_sharding(mesh, ("batch", "layer", *([None] * (ndim - 2))))
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     """`[B, ...]` arrays: B over data/fsdp."""
-    return NamedSharding(mesh, P(BATCH, *([None] * (ndim - 1))))
+    return rules.logical_sharding(mesh, ("batch", *([None] * (ndim - 1))))
 
 
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P())
-
-
-def fsdp_spec(shape: Sequence[int], fsdp_size: int, min_size: int = 1024) -> P:
-    """Shard a parameter's largest axis divisible by the fsdp size; small ones replicate."""
-    if fsdp_size <= 1 or int(np.prod(shape)) < min_size:
-        return P()
-    order = sorted(range(len(shape)), key=lambda i: -shape[i])
-    for axis in order:
-        if shape[axis] % fsdp_size == 0:
-            spec = [None] * len(shape)
-            spec[axis] = "fsdp"
-            return P(*spec)
-    return P()
+def fsdp_spec(shape: Sequence[int], fsdp_size: int,
+              min_size: int = rules.PARAM_RULE.min_size) -> P:
+    """Shard a parameter's largest axis divisible by the fsdp size; small ones replicate
+    (`rules.PARAM_RULE`)."""
+    return rules.param_spec(shape, fsdp_size, rules.ParamRule("fsdp", min_size))
 
 
 def param_shardings(mesh: Mesh, params):
     """NamedShardings for a params pytree: fsdp over each leaf's largest divisible axis."""
-    size = mesh.shape["fsdp"]
-    return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(x.shape, size)), params)
+    return rules.param_shardings(mesh, params)

@@ -25,7 +25,7 @@ from dreamlayer_jax.codecs.alpha import split_alpha_decoder
 from dreamlayer_jax.errors import InputError, NumericalError
 from dreamlayer_jax.io import resolve_model_folder
 from dreamlayer_jax.models.layer_unet import DreamLayerConfig, DreamLayerUNet
-from dreamlayer_jax.parallel.mesh import layer_sharding, replicated
+from dreamlayer_jax.parallel.rules import layout, logical_sharding, replicated
 from dreamlayer_jax.pipeline.components import load_codec, load_dreamlayer_unet
 from dreamlayer_jax.pipeline.irh import (
     IRHSettings,
@@ -262,7 +262,7 @@ class DreamLayerPipeline:
             if settings.enabled:
                 steps += plan.num_steps - int(restart_index(plan.timesteps, settings.restart))
         if mesh is not None:
-            sharding = layer_sharding(mesh, x.ndim)
+            sharding = logical_sharding(mesh, layout("latents", x.ndim))
             x = jax.device_put(x, sharding)
             # the paper variant's LSSA runs partitioned over a "layer" axis of size > 1
             ctx, uncond = (c.replace(mesh=mesh) for c in (ctx, uncond))

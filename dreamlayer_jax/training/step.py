@@ -30,7 +30,7 @@ from jax.sharding import Mesh, NamedSharding
 from dreamlayer_jax.attention.context import LayerContext, make_roles
 from dreamlayer_jax.attention.masks import ROLE_FOREGROUND
 from dreamlayer_jax.data.batch import FULL_BOX
-from dreamlayer_jax.parallel.mesh import fsdp_spec, layer_sharding, replicated
+from dreamlayer_jax.parallel.rules import layout, logical_sharding, param_shardings, replicated
 from dreamlayer_jax.pipeline.paper_prompts import LayerTokens, concat_layer_tokens, prompt_lengths
 from dreamlayer_jax.pipeline.text_conditioning import (
     encode_tokens,
@@ -58,8 +58,7 @@ StepFn = Callable[[TrainState, Any, dict[str, jax.Array]], tuple[TrainState, dic
 def state_shardings(mesh: Mesh, state: TrainState) -> TrainState:
     """Every leaf sharded over `"fsdp"` along its largest divisible axis (params, Adam
     moments and EMA alike, so they line up); small leaves replicated."""
-    size = mesh.shape["fsdp"]
-    return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(np.shape(x), size)), state)
+    return param_shardings(mesh, state)
 
 
 def batch_keys(num_text_encoders: int) -> dict[str, int]:
@@ -68,8 +67,9 @@ def batch_keys(num_text_encoders: int) -> dict[str, int]:
 
 
 def batch_shardings(mesh: Mesh, num_text_encoders: int = 1) -> dict[str, NamedSharding]:
-    """`[B, L, ...]` batch arrays: B over ("data", "fsdp"), L over "layer"."""
-    return {name: layer_sharding(mesh, ndim)
+    """`[B, L, ...]` batch arrays: B over ("data", "fsdp"), L over "layer"
+    (`parallel.rules.LAYOUTS`)."""
+    return {name: logical_sharding(mesh, layout(name, ndim))
             for name, ndim in batch_keys(num_text_encoders).items()}
 
 
