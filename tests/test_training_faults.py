@@ -96,7 +96,9 @@ def test_random_sigkills_always_resume_from_a_complete_checkpoint(model):
         if kills < 3:
             # wait for the first checkpoint of this run (compiling is over), then a
             # random delay inside the remaining steps: often mid-save (one per step)
-            line = child.stdout.readline()
+            line = child.stdout.readline()  # past the trainer's own lines (resumed, logs)
+            while line and not line.startswith("losses"):
+                line = child.stdout.readline()
             assert line.startswith("losses"), child.stderr.read()[-2000:]
             seen.update(_losses(line))
             time.sleep(rng.uniform(0.0, 0.5))

@@ -13,6 +13,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 SCALARS = ("loss", "grad_norm", "lr", "steps_per_second", "skipped",
+           "seconds_per_step", "examples_per_second", "tflops_per_device", "mfu",
            # the loss terms and the paper variant's prompt-overflow count, where present
            "loss_noise", "loss_context", "loss_layout", "prompt_overflow")
 

@@ -99,6 +99,42 @@ class Throughput:
         return out
 
 
+def lowered_flops(jitted: Any, *args: Any) -> float | None:
+    """FLOPs of one call of `jitted(*args)` over all devices, from the lowered (not yet
+    compiled) program: tracing only, no second compilation."""
+    try:
+        analysis = jitted.lower(*args).cost_analysis()
+    except Exception:  # noqa: BLE001 - an estimate; never stop a run for it
+        return None
+    flops = (analysis or {}).get("flops")
+    return float(flops) if flops and flops > 0 else None
+
+
+class StepMeter:
+    """The train loop's throughput: the step's FLOPs counted once, steps timed between logs.
+
+    `lap(step)` returns `Throughput.report` over the steps since the previous lap (the
+    first lap includes the step's compilation), plus `steps_per_second`.
+    """
+
+    def __init__(self, jitted: Any, args: tuple[Any, ...], examples_per_step: int,
+                 devices: Any, start_step: int):
+        devices = list(devices)
+        total = lowered_flops(jitted, *args)
+        peak, self.peak_source = peak_flops(devices[0])
+        per_device = None if total is None else total / len(devices)
+        self.throughput = Throughput(per_device, examples_per_step, len(devices), peak)
+        self.tick, self.last = time.perf_counter(), start_step
+
+    def lap(self, step: int) -> dict[str, float]:
+        now = time.perf_counter()
+        steps, seconds = max(step - self.last, 1), now - self.tick
+        self.tick, self.last = now, step
+        numbers = self.throughput.report(steps, seconds)
+        numbers["steps_per_second"] = 1.0 / numbers["seconds_per_step"]
+        return numbers
+
+
 def format_throughput(step: int, loss: float, numbers: dict[str, float]) -> str:
     """One log line: `step 100 loss 0.1234 | 0.52 s/step 15.4 ex/s 0.012 TFLOP/s/dev MFU 3.1%`."""
     parts = [f"step {step} loss {loss:.4f} |", f"{numbers['seconds_per_step']:.3g} s/step",
