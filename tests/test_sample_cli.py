@@ -44,3 +44,47 @@ def test_bad_arguments_exit_2_with_one_line_and_write_nothing(tiny_model_dir, tm
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
     assert not out.exists()
+
+
+def test_help_lists_the_subcommands_and_every_default():
+    proc = run_sample("--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "decompose IMAGE" in proc.stdout and "edit DIR" in proc.stdout
+    assert "(default: 30)" in proc.stdout and "--irh-restart" in proc.stdout
+    edit_help = run_sample("edit", "--help").stdout
+    assert "numbered from 1" in edit_help and "snapped" in edit_help
+
+
+def test_edit_uses_the_recorded_model_and_updates_the_global_prompt(tiny_model_dir, tmp_path):
+    import json
+
+    model = os.path.relpath(tiny_model_dir, tmp_path)  # recorded as given, plus absolute
+    proc = run_sample("--model", model, "--background", "a blue wall", "--layer",
+                      "a red star@0.1,0.1,0.55,0.6", "--layer", "a green cat@0.4,0.4,0.9,0.9",
+                      "--steps", "2", "--out", "a", "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 foreground layers" in proc.stdout
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "'cat'" in warnings[0], proc.stderr
+    saved = json.loads((tmp_path / "a" / "scene.json").read_text())
+    assert saved["model"] == model and saved["model_path"] == str(Path(tiny_model_dir))
+    assert saved["prompt"] == "a red star and a green cat in front of a blue wall"
+    # no --model: the recorded one (the built-in model would not fit these latents)
+    proc = run_sample("edit", "a", "--delete", "2", "--move", "1:+0.125,0", "--steps", "2",
+                      "--out", "b", "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 foreground layer;" in proc.stdout
+    edited = json.loads((tmp_path / "b" / "scene.json").read_text())
+    assert edited["prompt"] == "a red star in front of a blue wall"
+    assert edited["model"] == model and edited["edited_from"] == "a"
+    assert edited["layers"][0]["box"] == [round(v, 6) for v in edited["layers"][0]["box"]]
+
+
+def test_builtin_model_is_recorded_by_name(tmp_path):
+    from dreamlayer_jax.pipeline.dreamlayer import builtin_model_path
+    from dreamlayer_jax.pipeline.result import model_record
+
+    assert model_record(str(builtin_model_path())) == {"model": "builtin"}
+    assert model_record("builtin") == {"model": "builtin"}
+    assert model_record("org/some-hub-model") == {"model": "org/some-hub-model"}
+    assert model_record(str(tmp_path)) == {"model": str(tmp_path), "model_path": str(tmp_path)}

@@ -207,7 +207,10 @@ def edit_main(argv: list[str]) -> int:
             shutil.copy2(args.dir / "latents.safetensors", source / "latents.safetensors")
         result = edit(pipe, source, ops, None, num_inference_steps=args.steps,
                       seed=args.seed, progress=not args.no_progress)
-    result.info.update({"model": pipe.name, "edited_from": str(args.dir)})
+    result.info["edited_from"] = str(args.dir)
+    if args.model is not None:  # otherwise the saved scene's record is carried over
+        result.info.pop("model_path", None)
+        result.info["model"] = pipe.name
     saved = result.save(args.out)
     print(f"edited {args.dir} ({len(ops)} operations): {saved}/ "
           f"({layers_phrase(len(result.layers))}; global prompt {result.scene.prompt!r})")

@@ -98,14 +98,15 @@ class LayeredResult:
                 entry["box"] = [round(float(v), 6) for v in entry["box"]]
         record["composite"] = "composite.png"
         record.update(self.info)
-        record.pop("model_path", None)  # an edit's info carries the saved scene's
-        record.update(model_record(record.get("model")))
+        known = record.pop("model_path", None)  # an edit's info carries the saved scene's
+        record.update(model_record(record.get("model"), known))
         (folder / "scene.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
-def model_record(model: Any) -> dict[str, Any]:
+def model_record(model: Any, known_path: str | None = None) -> dict[str, Any]:
     """scene.json's `"model"`, portable: `"builtin"` for the built-in model, otherwise
-    the path or hub id as given plus, for a local folder, `"model_path"` (absolute)."""
+    the path or hub id as given plus, for a local folder, `"model_path"` (absolute;
+    `known_path` when the record is carried over from a saved scene)."""
     if not isinstance(model, str) or not model:
         return {}
     from dreamlayer_jax.pipeline.dreamlayer import builtin_model_path
@@ -113,4 +114,6 @@ def model_record(model: Any) -> dict[str, Any]:
     path = Path(model).expanduser()
     if model == "builtin" or (path.is_dir() and path.resolve() == builtin_model_path()):
         return {"model": "builtin"}
+    if known_path:
+        return {"model": model, "model_path": known_path}
     return {"model": model, **({"model_path": str(path.resolve())} if path.exists() else {})}
