@@ -78,10 +78,21 @@ class Checkpointer:
                                   ) from exc
 
     def close(self) -> None:
+        """Wait for pending saves, then close; the first failure is one CheckpointError
+        (orbax re-raises a failed background write on close too: never let that raw
+        error replace the CheckpointError `wait` made of it)."""
+        error = None
         try:
             self.wait()
-        finally:
+        except CheckpointError as exc:
+            error = exc
+        try:
             self.manager.close()
+        except Exception as exc:  # noqa: BLE001 - orbax's own errors, re-worded
+            error = error or CheckpointError(f"closing the checkpoints in {self.directory} "
+                                             f"failed: {' '.join(str(exc).split())[:200]}")
+        if error is not None:
+            raise error
 
 
 def abstract_like(state: Any, shardings: Any) -> Any:

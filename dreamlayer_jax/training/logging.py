@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -71,7 +73,12 @@ class _NoBar:
 
 
 class MetricsLogger:
-    """Writes under `workdir/tensorboard` and `workdir/samples` (process 0 only)."""
+    """Writes under `workdir/tensorboard` and `workdir/samples` (process 0 only).
+
+    Logs are not worth a run: when a write fails (disk full, folder gone) the logger
+    warns once and stops logging, and training goes on (checkpoints report their own
+    failures).
+    """
 
     def __init__(self, workdir: str | os.PathLike, enabled: bool = True):
         self.workdir, self.enabled = Path(workdir), enabled
@@ -80,6 +87,13 @@ class MetricsLogger:
             from tensorboardX import SummaryWriter
 
             self.writer = SummaryWriter(str(self.workdir / "tensorboard"))
+
+    def _failed(self, exc: OSError) -> None:
+        writer, self.writer = self.writer, None
+        with contextlib.suppress(OSError):  # the warning's own stream may be the full disk
+            warnings.warn(f"TensorBoard logging in {self.workdir} stopped: {exc}",
+                          stacklevel=3)
+            writer.close()
 
     def progress(self, start: int, total: int, enabled: bool = True, stream: Any = None):
         """A tqdm bar on `stream` (default: stderr)."""
@@ -91,22 +105,32 @@ class MetricsLogger:
     def scalars(self, step: int, metrics: Mapping[str, Any]) -> None:
         if self.writer is None:
             return
-        for name in SCALARS:
-            if name in metrics:
-                self.writer.add_scalar(f"train/{name}", float(metrics[name]), step)
-        self.writer.flush()
+        try:
+            for name in SCALARS:
+                if name in metrics:
+                    self.writer.add_scalar(f"train/{name}", float(metrics[name]), step)
+            self.writer.flush()
+        except OSError as exc:
+            self._failed(exc)
 
     def sample_grid(self, step: int, results: Sequence[Any]) -> Path | None:
         if self.writer is None:
             return None
         grid = labelled_grid(results)
         path = self.workdir / "samples" / f"step_{step:08d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(grid).save(path)
-        self.writer.add_image("samples/layers", grid, step, dataformats="HWC")
-        self.writer.flush()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(grid).save(path)
+            self.writer.add_image("samples/layers", grid, step, dataformats="HWC")
+            self.writer.flush()
+        except OSError as exc:
+            self._failed(exc)
+            return None
         return path
 
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.close()
+            try:
+                self.writer.close()
+            except OSError as exc:
+                self._failed(exc)
