@@ -285,6 +285,35 @@ def test_model_folder_config_selects_the_mode_and_the_own_decoder_still_loads(
         load_transparency(own, tmp_path / "nowhere.safetensors")
 
 
+def test_dreamlayer_pipeline_samples_rgba_layers_through_layerdiffuse_decoder(
+        converted, tmp_path):
+    """`DreamLayerPipeline.from_pretrained(..., transparency=PATH)` on a latent-codec model:
+    the foregrounds' alpha comes from LayerDiffuse's decoder (a pixel model refuses it)."""
+    from diffusers import AutoencoderKL as TorchAutoencoderKL
+    from tiny_model import TINY_SCHEDULER, TINY_TEXT, TINY_UNET, WORDS, write_tiny_model
+
+    from dreamlayer_jax.errors import ConfigError
+    from dreamlayer_jax.pipeline.create import create_model_folder
+    from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
+    from dreamlayer_jax.pipeline.scene import Layer, Scene
+
+    folder = create_model_folder(
+        tmp_path / "model", unet=TINY_UNET, text_encoder=TINY_TEXT, words=WORDS,
+        dreamlayer={"max_layers": 3, "codec": "latent", "resolution": 64},
+        scheduler=TINY_SCHEDULER)
+    randomise_(TorchAutoencoderKL(**TINY_VAE), seed=5).save_pretrained(folder / "vae")
+    pipe = DreamLayerPipeline.from_pretrained(folder, transparency=converted)
+    assert pipe.codec.transparency_mode == "layerdiffuse"
+    result = pipe(Scene("a red star in front of a blue wall", "a blue wall",
+                        [Layer("a red star", (0.0, 0.0, 1.0, 1.0))]),
+                  num_inference_steps=2, seed=0)
+    layer = result.layers[0]
+    assert layer.shape == (64, 64, 4) and len(np.unique(layer[..., 3])) > 1
+    with pytest.raises(ConfigError, match="pixel"):
+        DreamLayerPipeline.from_pretrained(write_tiny_model(tmp_path / "pixel"),
+                                           transparency=converted)
+
+
 # --- bad files and the converter --------------------------------------------------------
 
 def bad_file(kind: str, small: dict, folder: Path) -> Path:

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dreamlayer_jax.codecs.latent import LatentCodec
+from dreamlayer_jax.codecs.layerdiffuse import load_transparency
 from dreamlayer_jax.codecs.pixel import PixelCodec
-from dreamlayer_jax.codecs.transparency import TransparencyDecoder
 from dreamlayer_jax.errors import ConfigError
 from dreamlayer_jax.io import (
     load_config,
@@ -109,14 +109,20 @@ def _native_resolution(folder: Path, unet: UNet2DConditionModel) -> int:
     return int(size) * 2 ** max(len(blocks) - 1, 0)
 
 
-def load_codec(folder: Path, config: DreamLayerConfig, dtype: jnp.dtype = jnp.float32):
+def load_codec(folder: Path, config: DreamLayerConfig, dtype: jnp.dtype = jnp.float32, *,
+               transparency: str | os.PathLike | None = None, augment: bool = False):
+    """The model's codec. "latent": its VAE plus a transparency decoder: `transparency`
+    (a LayerDiffuse file or converted folder, or one of ours) if given, else the folder's
+    `transparency_decoder/` (our own, or LayerDiffuse's by its config's class name);
+    `augment` turns on LayerDiffuse's 8-way test-time augmentation."""
     if config.codec == "pixel":
+        if transparency is not None:
+            raise ConfigError("this model's codec is 'pixel' (RGBA pixels as latents): it "
+                              "takes no transparency decoder")
         return PixelCodec(config.pixel_unshuffle)
     vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", dtype=dtype)
-    transparency = None
-    if (folder / "transparency_decoder").is_dir():
-        transparency = TransparencyDecoder.from_pretrained(folder, "transparency_decoder")
-    return LatentCodec(vae, transparency)
+    return LatentCodec(vae, load_transparency(folder, transparency, augment=augment,
+                                              dtype=dtype))
 
 
 def save_dreamlayer_unet(model: DreamLayerUNet, folder: str | os.PathLike) -> None:

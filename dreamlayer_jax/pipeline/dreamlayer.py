@@ -24,6 +24,7 @@ from dreamlayer_jax.attention.masks import ROLE_FOREGROUND, box_masks_soft
 from dreamlayer_jax.codecs.alpha import split_alpha_decoder
 from dreamlayer_jax.errors import InputError, NumericalError
 from dreamlayer_jax.io import resolve_model_folder
+from dreamlayer_jax.io.layerdiffuse import merge_layerdiffuse_attention
 from dreamlayer_jax.models.layer_unet import DreamLayerConfig, DreamLayerUNet
 from dreamlayer_jax.parallel.rules import layout, logical_sharding, replicated
 from dreamlayer_jax.pipeline.components import load_codec, load_dreamlayer_unet
@@ -79,10 +80,18 @@ class DreamLayerPipeline:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, *,
                         scheduler: str | None = None, dtype: jnp.dtype = jnp.float32,
-                        dreamlayer: Mapping[str, Any] | None = None) -> DreamLayerPipeline:
+                        dreamlayer: Mapping[str, Any] | None = None,
+                        transparency: str | os.PathLike | None = None,
+                        transparency_tta: bool = False,
+                        unet_patches: Sequence[str | os.PathLike] = ()) -> DreamLayerPipeline:
         """Load a DreamLayer (or plain Stable Diffusion) folder or hub id; no argument:
         the built-in model. `scheduler` overrides the folder's scheduler kind,
-        `dreamlayer` fields of its `DreamLayerConfig` (`components.load_dreamlayer_unet`)."""
+        `dreamlayer` fields of its `DreamLayerConfig` (`components.load_dreamlayer_unet`).
+
+        LayerDiffuse's public weights: `transparency` is its transparent VAE decoder (a
+        bare file or a `convert_layerdiffuse` folder; `transparency_tta` its 8-way
+        augmentation), `unet_patches` its SDXL attention LoRA / conv diff files, merged
+        into the UNet (`io.layerdiffuse.merge_layerdiffuse_attention`)."""
         # "builtin" (as scene.json records it) names the built-in model, unless a folder
         # of that name is here
         builtin = path is None or (str(path) == "builtin" and not Path("builtin").exists())
@@ -94,8 +103,11 @@ class DreamLayerPipeline:
                                  "pass a model folder with --model")
         folder = resolve_model_folder(path)
         unet = load_dreamlayer_unet(folder, dtype, dreamlayer)
+        for patch in unet_patches:
+            merge_layerdiffuse_attention(unet, patch)
         conditioner = TextConditioner.from_pretrained(folder, dtype=dtype)
-        codec = load_codec(folder, unet.config, dtype)
+        codec = load_codec(folder, unet.config, dtype, transparency=transparency,
+                           augment=transparency_tta)
         sched = load_scheduler(folder / "scheduler", scheduler)
         return cls(unet, conditioner, codec, sched, name=name)
 
