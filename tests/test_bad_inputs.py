@@ -35,6 +35,8 @@ COMMANDS = {
     "sample": [sys.executable, str(ROOT / "sample.py")],
     "train": [sys.executable, str(ROOT / "train.py")],
     "import": [sys.executable, "-m", "dreamlayer_jax.cli.import_layers"],
+    "init": [sys.executable, "-m", "dreamlayer_jax.cli.init_model"],
+    "dataset": [sys.executable, "-m", "dreamlayer_jax.cli.build_dataset"],
 }
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "PYTHONPATH": str(ROOT),
        "JAX_DEFAULT_MATMUL_PRECISION": "highest"}  # as tests/conftest.py: one compile cache
@@ -255,6 +257,12 @@ def _resume_from_another_model(ctx: Ctx) -> list:
     return train("model={model}", "num_steps=2", "progress=False", resume=True)(ctx)
 
 
+def _used_workdir(ctx: Ctx) -> list:
+    """A workdir holding an earlier run's checkpoint (its contents do not matter here)."""
+    (ctx.work / "checkpoints" / "2").mkdir(parents=True)
+    return train("model={model}")(ctx)
+
+
 BOX = "a red star@{}"
 CASES = [
     # boxes
@@ -373,6 +381,21 @@ CASES = [
     Case("train-resume-other-model", "train", _resume_from_another_model,
          "made for another model/config): User-provided restore item and on-disk value "
          "metadata tree structures do not match: ema.unet.down_blocks.0", slow=True),
+    Case("train-used-workdir", "train", _used_workdir,
+         "holds an earlier run (checkpoints up to step 2): pass --resume", slow=True),
+    Case("train-resume-and-overwrite", "train",
+         lambda c: [*train("model={model}")(c), "--resume", "--overwrite"], "contradict"),
+    Case("edit-another-model", "sample",
+         lambda c: ["edit", c.saved_result(), "--model", "builtin", "--steps", "1", "--out",
+                    c.out, "--delete", "1"], "another model; pass that one with --model",
+         slow=True),
+    # init_model, build_dataset
+    Case("init-sd-config-without-base", "init",
+         lambda c: [ROOT / "configs" / "sd15.py", c.out], "pass --base SD_FOLDER"),
+    Case("dataset-nothing-to-build", "dataset", lambda c: ["--out", c.out],
+         "nothing to build"),
+    Case("dataset-source-missing", "dataset", lambda c: [c.tmp / "nope", "--out", c.out],
+         "does not exist"),
     # import
     Case("import-no-files", "import", lambda c: ["--out", c.out],
          "the following arguments are required: FILE"),
