@@ -365,10 +365,7 @@ RUN_PARTS = ("checkpoints", "export", "tensorboard", "samples", "config.json")
 def check_workdir(workdir: str | os.PathLike, *, resume: bool, overwrite: bool) -> None:
     """Refuse to start a fresh run over an earlier one (one line, `ConfigError`) unless
     `overwrite`, which deletes the earlier run's parts (`RUN_PARTS`; train.log is kept)."""
-    workdir = Path(workdir)
-    ckpts = workdir / "checkpoints"
-    steps = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) \
-        if ckpts.is_dir() else []
+    workdir, ckpts = Path(workdir), Path(workdir) / "checkpoints"
     if resume and not overwrite:
         return
     if overwrite:
@@ -381,6 +378,7 @@ def check_workdir(workdir: str | os.PathLike, *, resume: bool, overwrite: bool) 
             elif path.exists():
                 path.unlink()
         return
+    steps = sorted(int(p.name) for p in ckpts.glob("[0-9]*") if p.name.isdigit())
     if steps or (workdir / "export").exists():
         held = f"checkpoints up to step {steps[-1]}" if steps else "an exported model"
         raise ConfigError(f"{workdir} holds an earlier run ({held}): pass --resume to "
