@@ -18,16 +18,14 @@ on stderr and exit code 2; `DIR` appears complete or not at all.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from dreamlayer_jax.cli.common import ArgumentParser, check_output_folder, run_cli
-from dreamlayer_jax.errors import InputError, OutputError
+from dreamlayer_jax.errors import InputError
 
 PATCH_CLASS = "LayerDiffuseUNetPatch"
 
@@ -83,15 +81,10 @@ def check_files(files: list[Path]) -> dict[str, Path]:
 
 def write_folder(found: dict[str, Path], out: Path) -> None:
     """Write the converted folder for `found` (from `check_files`) at `out`, atomically."""
+    from dreamlayer_jax.io.atomic import staged_folder
     from dreamlayer_jax.io.layerdiffuse import FOLDER_CLASS, PARTS, WEIGHTS_NAME
 
-    parent = out.parent if str(out.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
-    except OSError as exc:
-        raise OutputError(f"cannot write to {str(parent)!r}: {exc.strerror}") from exc
-    try:
+    with staged_folder(out, "the converted folder") as tmp:
         for kind, file in found.items():
             part = tmp / PARTS[kind]
             part.mkdir()
@@ -102,13 +95,6 @@ def write_folder(found: dict[str, Path], out: Path) -> None:
                 "parts": {kind: PARTS[kind] for kind in found},
                 "source_files": {kind: file.name for kind, file in found.items()}}
         (tmp / "config.json").write_text(json.dumps(root, indent=2) + "\n")
-        if out.is_dir():
-            out.rmdir()
-        os.replace(tmp, out)
-    except OSError as exc:
-        raise OutputError(f"cannot write {str(out)!r}: {exc.strerror}") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _main(argv: list[str] | None) -> int:

@@ -15,14 +15,11 @@ curating a dataset folder.
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from dreamlayer_jax.cli.common import ArgumentParser, check_output_folder, run_cli
-from dreamlayer_jax.errors import DataError, InputError, OutputError
+from dreamlayer_jax.errors import DataError, InputError
 
 DEFAULT_TOLERANCE = 6  # data.importers.TOLERANCE, without importing numpy for --help
 
@@ -80,7 +77,7 @@ def _main(argv: list[str] | None) -> int:
     check_output_folder(args.out)
     from dreamlayer_jax.data.importers import import_layered_files
     from dreamlayer_jax.data.scene_folder import write_scene_folder
-    from dreamlayer_jax.io.layered_files import follow_umask
+    from dreamlayer_jax.io.atomic import staged_folder
 
     scenes, report = import_layered_files(args.files, tolerance=args.tolerance)
     if not scenes:
@@ -88,24 +85,10 @@ def _main(argv: list[str] | None) -> int:
     for item in report.skipped:
         print(f"warning: skipped {item.reason}", file=sys.stderr)
     out = args.out
-    parent = out.parent if str(out.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
-    except OSError as exc:
-        raise OutputError(f"cannot write to {str(parent)!r}: {exc.strerror}") from exc
-    try:
+    with staged_folder(out, "scenes") as tmp:
         names = unique_names([scene.meta["source"] for scene in scenes])
         for scene, name in zip(scenes, names, strict=True):
             write_scene_folder(scene, tmp / name)
-        follow_umask(tmp)  # mkdtemp made it 0700
-        if out.is_dir():
-            out.rmdir()
-        os.replace(tmp, out)
-    except OSError as exc:
-        raise OutputError(f"cannot write scenes to {str(out)!r}: {exc.strerror}") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     print(f"imported {len(scenes)} scenes to {out}/ ({report.summary()})")
     return 0
 

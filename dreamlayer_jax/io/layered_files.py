@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import xml.etree.ElementTree as ET
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,8 @@ from psd_tools.api.layers import PixelLayer
 
 from dreamlayer_jax.data.compositing import alpha_bbox, alpha_composite
 from dreamlayer_jax.data.image_io import encode_png
-from dreamlayer_jax.errors import InputError, OutputError
+from dreamlayer_jax.errors import InputError
+from dreamlayer_jax.io.atomic import write_atomically
 
 DEFAULT_BACKGROUND_NAME = "background"
 GLOBAL_LAYER_NAME = "global layer (generated picture, hidden)"
@@ -76,55 +76,6 @@ def _crop(layer: np.ndarray) -> tuple[np.ndarray, int, int]:
     return layer[y0:y1, x0:x1], x0, y0
 
 
-def current_umask() -> int:
-    """The process's umask (read from /proc where possible: setting it to read it is
-    not thread-safe)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def follow_umask(path: str | os.PathLike, recursive: bool = False) -> None:
-    """Give `path` the mode a plain `open()` / `mkdir()` would have given it (`0o666`
-    for a file, `0o777` for a folder, less the umask). `tempfile` creates files 0600
-    and folders 0700; an atomic rename would otherwise keep those. With `recursive`,
-    everything under a folder too."""
-    mask = current_umask()
-    path = Path(path)
-    paths = [path] + (sorted(path.rglob("*")) if recursive and path.is_dir() else [])
-    for item in paths:
-        if item.is_symlink():
-            continue
-        os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
-
-
-def _write_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write ({exc})") from exc
-    try:
-        write(Path(temp))
-        follow_umask(temp)
-        os.replace(temp, path)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write ({exc})") from exc
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
-    return path
-
-
 def _check_global(global_layer: np.ndarray | None, height: int, width: int) -> None:
     if global_layer is None:
         return
@@ -165,7 +116,7 @@ def write_psd(
             psd.append(layer)
         psd.save(target)
 
-    return _write_atomically(path, write)
+    return write_atomically(path, write)
 
 
 def _stack_xml(
@@ -236,4 +187,4 @@ def write_ora(
                 "Thumbnails/thumbnail.png", buffer.getvalue(), compress_type=zipfile.ZIP_STORED
             )
 
-    return _write_atomically(path, write)
+    return write_atomically(path, write)

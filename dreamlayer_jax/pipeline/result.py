@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +13,8 @@ from PIL import Image
 
 from dreamlayer_jax.data.compositing import preview_strip
 from dreamlayer_jax.errors import OutputError
-from dreamlayer_jax.io.layered_files import follow_umask, write_ora, write_psd
+from dreamlayer_jax.io.atomic import staged_folder
+from dreamlayer_jax.io.layered_files import write_ora, write_psd
 from dreamlayer_jax.pipeline.scene import Scene
 
 
@@ -51,24 +50,8 @@ class LayeredResult:
             raise OutputError(f"output path {str(out)!r} exists and is not a folder")
         if out.is_dir() and any(out.iterdir()):
             raise OutputError(f"output folder {str(out)!r} is not empty")
-        parent = out.parent if str(out.parent) else Path(".")
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
-        except OSError as exc:
-            raise OutputError(f"cannot write to {str(parent)!r}: {exc.strerror}") from exc
-        try:
+        with staged_folder(out, "results") as tmp:
             self._write_files(tmp)
-            follow_umask(tmp, recursive=True)  # not mkdtemp's 0700 / mkstemp's 0600
-            if out.is_dir():
-                out.rmdir()
-            os.replace(tmp, out)
-        except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise OutputError(f"cannot write results to {str(out)!r}: {exc.strerror}") from exc
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return out
 
     def _write_files(self, folder: Path) -> None:
