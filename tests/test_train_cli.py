@@ -181,3 +181,20 @@ def test_build_dataset_and_data_dir_accepts_the_root_or_the_versioned_folder(tmp
     again = run("-m", "dreamlayer_jax.cli.build_dataset", "--synthetic", "3", "--out",
                 tmp_path / "data")
     assert "--overwrite" in one_error_line(again)
+
+
+def test_sample_grid_has_a_header_naming_its_columns():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from dreamlayer_jax.training.logging import LABEL_HEIGHT, MIN_TILE, labelled_grid
+
+    tile = np.zeros((16, 16, 3), np.uint8)
+    result = SimpleNamespace(background=tile, composite=tile,
+                             layers=[np.zeros((16, 16, 4), np.uint8)] * 2)
+    grid = labelled_grid([result, result])
+    assert grid.shape == (LABEL_HEIGHT + 2 * MIN_TILE, 4 * MIN_TILE, 3)
+    header = grid[:LABEL_HEIGHT]
+    for col in range(4):  # each column's label is drawn (light text on the dark strip)
+        assert header[:, col * MIN_TILE:(col + 1) * MIN_TILE].max() > 150
