@@ -90,10 +90,39 @@ def parse_layer_arg(text: str) -> Layer:
     return Layer(prompt.strip(), parse_box(box, f"--layer {text!r}"))
 
 
+def layers_phrase(count: int) -> str:
+    """"1 foreground layer", "2 foreground layers"."""
+    return f"{count} foreground layer{'' if count == 1 else 's'}"
+
+
+def list_files(folder: Path) -> None:
+    """Print the files written into `folder`, one a line."""
+    for name in sorted(p.name for p in folder.iterdir()):
+        print(f"  {folder / name}")
+
+
+def load_sampling_pipeline(args: argparse.Namespace) -> Any:
+    """The `DreamLayerPipeline` of `add_sampling_args`' flags."""
+    from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
+
+    return DreamLayerPipeline.from_pretrained(
+        args.model, scheduler=args.scheduler, transparency=args.transparency,
+        transparency_tta=args.transparency_tta, unet_patches=args.unet_patch)
+
+
 def add_sampling_args(p: ArgumentParser) -> None:
     """The model and sampling flags of `sample.py` and `sample.py decompose`."""
     p.add_argument("--model", default=None, help="model folder or hub id (default: the "
                                                   "built-in model)")
+    p.add_argument("--transparency", type=Path, default=None, metavar="PATH",
+                   help="a transparent VAE decoder for latent-codec models: LayerDiffuse's "
+                        "public file (or a convert_layerdiffuse folder), or one of ours "
+                        "(default: the model's own)")
+    p.add_argument("--transparency-tta", action="store_true",
+                   help="LayerDiffuse's 8-way flip/rotate test-time augmentation (8x slower)")
+    p.add_argument("--unet-patch", type=Path, action="append", default=[], metavar="PATH",
+                   help="LayerDiffuse's SDXL attention LoRA / conv diff file, merged into the "
+                        "UNet (repeatable)")
     p.add_argument("--steps", type=int, default=30, help="denoising steps")
     p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (same seed, "

@@ -33,6 +33,9 @@ from dreamlayer_jax.cli.common import (
     check_output_folder,
     check_sampling_args,
     default_out,
+    layers_phrase,
+    list_files,
+    load_sampling_pipeline,
     parse_layer_arg,
     run_cli,
 )
@@ -127,9 +130,8 @@ def _generate(argv: list[str]) -> int:
     scene = scene_from_args(args)
     out = args.out or default_out()
     check_output_folder(out)
-    from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
 
-    pipe = DreamLayerPipeline.from_pretrained(args.model, scheduler=args.scheduler)
+    pipe = load_sampling_pipeline(args)
     warn_ignored_prompt(pipe, args)
     warn_unknown_words(pipe.conditioner.tokenizers[0], scene.prompts)
     result = pipe(scene, **pipeline_kwargs(args))
@@ -137,17 +139,6 @@ def _generate(argv: list[str]) -> int:
     print(f"wrote {layers_phrase(len(result.layers))}, background and composite to {saved}/")
     list_files(saved)
     return 0
-
-
-def layers_phrase(count: int) -> str:
-    """"1 foreground layer", "2 foreground layers"."""
-    return f"{count} foreground layer{'' if count == 1 else 's'}"
-
-
-def list_files(folder: Path) -> None:
-    """Print the files written into `folder`, one a line."""
-    for name in sorted(p.name for p in folder.iterdir()):
-        print(f"  {folder / name}")
 
 
 def _main(argv: list[str] | None) -> int:

@@ -18,6 +18,9 @@ from dreamlayer_jax.cli.common import (
     check_output_folder,
     check_sampling_args,
     default_out,
+    layers_phrase,
+    list_files,
+    load_sampling_pipeline,
     parse_layer_arg,
 )
 from dreamlayer_jax.errors import InputError
@@ -64,12 +67,10 @@ def decompose_main(argv: list[str]) -> int:
     from dreamlayer_jax.data.image_io import decode_image
 
     image = decode_image(args.image, str(args.image), channels=4)
-    from dreamlayer_jax.cli.sample import layers_phrase, list_files
     from dreamlayer_jax.models.tokenizer import warn_unknown_words
     from dreamlayer_jax.pipeline.decompose import decompose
-    from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
 
-    pipe = DreamLayerPipeline.from_pretrained(args.model, scheduler=args.scheduler)
+    pipe = load_sampling_pipeline(args)
     warn_unknown_words(pipe.conditioner.tokenizers[0],
                        [args.background, *(layer.prompt for layer in layers),
                         *([args.prompt] if args.prompt else [])])
@@ -179,7 +180,6 @@ def edit_main(argv: list[str]) -> int:
     if not args.dir.is_dir():
         raise InputError(f"saved scene folder {str(args.dir)!r} does not exist")
     model = args.model if args.model is not None else recorded_model(args.dir)
-    from dreamlayer_jax.cli.sample import layers_phrase, list_files
     from dreamlayer_jax.models.tokenizer import warn_unknown_words
     from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
     from dreamlayer_jax.pipeline.edit import edit, edit_stack, load_saved
