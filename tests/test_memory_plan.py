@@ -91,3 +91,22 @@ def test_largest_batch():
     assert best >= 1
     assert mp.plan(SPEC, fit, state, best, 4, 64).total <= 0.9 * cap
     assert mp.plan(SPEC, fit, state, best + 1, 4, 64).total > 0.9 * cap
+
+
+def test_score_residuals_are_recognised():
+    """The xla attention keeps its scores (f32 exp, bf16 probabilities) for the backward
+    pass; `_is_score` names exactly those, so `--attention flash` can leave them out."""
+    import jax.numpy as jnp
+    from jax._src.ad_checkpoint import saved_residuals
+
+    from dreamlayer_jax.attention.backends import attend
+
+    def scores(shape):
+        q = jax.ShapeDtypeStruct(shape, jnp.bfloat16)
+        found = saved_residuals(lambda q, k, v: attend(q, k, v, backend="xla").astype(
+            jnp.float32).sum(), q, q, q)
+        return [a.shape for a, why in found if mp._is_score(why, a.shape)]
+
+    assert scores((2, 64, 4, 8)) == [(2, 4, 64, 64)] * 2
+    chunked = scores((16, 4096, 4, 8))  # large scores: queries in chunks (lax.map)
+    assert len(chunked) == 2 and all(s[-1] == 4096 for s in chunked)

@@ -22,7 +22,8 @@ state (params, grads, Adam, EMA, text encoders) is exact from shapes. The tempor
 
 The mesh is fsdp over all `--chips` chips; the batch is global. Everything runs on the
 CPU, with the xla attention backend (its scores are kept for the backward pass: cudnn /
-splash keep less, so this is an upper bound for them).
+splash keep less, so this is an upper bound for them); `--attention flash` leaves the
+traced score residuals out, an estimate of what cudnn / splash keep.
 """
 
 from __future__ import annotations
@@ -124,8 +125,10 @@ def gib(n: float) -> str:
 class TraceTemps:
     """Temporaries per device from traced residuals (`--method trace`), cached per size."""
 
-    def __init__(self, spec: Any, train_params: str, state: Any, say=print) -> None:
+    def __init__(self, spec: Any, train_params: str, state: Any, say=print,
+                 flash: bool = False) -> None:
         self.spec, self.train_params, self.say, self.cache = spec, train_params, say, {}
+        self.flash = flash
         one, two = self.residuals(1, 3, 8), self.residuals(2, 3, 8)
         self.fixed = max(2 * one - two, 0)  # batch-independent: the bf16 weight copy
         self.state1 = state
@@ -136,9 +139,11 @@ class TraceTemps:
         key = (batch, layers, latent)
         if key not in self.cache:
             start = time.perf_counter()
-            self.cache[key] = mp.residual_bytes(self.spec, self.train_params, *key)
+            split = mp.residual_split(self.spec, self.train_params, *key)
+            self.cache[key] = split["total"] - (split["scores"] if self.flash else 0)
             self.say(f"  traced B={batch} L={layers} {latent}x{latent}: residuals "
-                     f"{gib(self.cache[key])} GiB ({time.perf_counter() - start:.0f} s)")
+                     f"{gib(split['total'])} GiB, of which attention scores "
+                     f"{gib(split['scores'])} GiB ({time.perf_counter() - start:.0f} s)")
         return self.cache[key]
 
     def line(self, layers: int, latent: int) -> Any:
@@ -187,6 +192,8 @@ def main_body(argv: list[str] | None) -> int:
     parser.add_argument("--fit-latents", default="8,16",
                         help="latent sides compiled for the line (B=1, L=3)")
     parser.add_argument("--method", default="trace", choices=("trace", "compile"))
+    parser.add_argument("--attention", default="xla", choices=("xla", "flash"),
+                        help="flash: without the xla backend's kept scores (trace only)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--table", action="store_true",
                         help="all of 512/1024 px x 4/5 layers x 1/8/64 chips x devices")
@@ -218,7 +225,7 @@ def main_body(argv: list[str] | None) -> int:
               f"(compiled); checked at B=2: {100 * error:+.1f}%")
         lines = {}
     else:
-        temps = TraceTemps(spec, args.train_params, state)
+        temps = TraceTemps(spec, args.train_params, state, flash=args.attention == "flash")
         print(f"temporaries: {gib(temps.fixed)} GiB fixed + traced residuals per scene")
         lines = {(layers, px): temps.line(layers, px // 8) for px, layers, _, _ in cases}
     rows = []

@@ -186,11 +186,24 @@ def compile_step(spec: ModelSpec, train_params: str, batch: int, layers: int, la
     return fn.lower(parts["state"], parts["text_params"], parts["batch"]).compile()
 
 
-def residual_bytes(spec: ModelSpec, train_params: str, batch: int, layers: int, latent: int,
-                   compute_dtype: str = "bfloat16") -> int:
+def _is_score(why: str, shape: tuple[int, ...]) -> bool:
+    """A residual of the xla attention's scores in attention/softmax.py: `exp` and its
+    bf16 copy, or, when the queries run in chunks (`lax.map`), the scan's outputs whose
+    last axis is the keys (>= 256: head sizes are smaller). Flash attention (cudnn,
+    splash) keeps none of these."""
+    if "attention/softmax.py" not in why:
+        return False
+    if "output of scan " in why and "(_over_query_chunks)" in why:
+        return len(shape) >= 2 and shape[-1] >= 256
+    return "output of exp " in why or ("convert_element_type" in why and "(_weighted)" in why)
+
+
+def residual_split(spec: ModelSpec, train_params: str, batch: int, layers: int, latent: int,
+                   compute_dtype: str = "bfloat16") -> dict[str, int]:
     """Bytes the loss's forward pass keeps for the backward pass (`saved_residuals` of
-    the traced gradient, no compile; arguments excluded): activations and the bf16 copy
-    of the weights, before XLA's fusion and rematerialisation."""
+    the traced gradient, no compile; arguments excluded): `total` (activations and the
+    bf16 copy of the weights, before XLA's fusion and rematerialisation) and `scores`,
+    the part that is the xla attention's scores (`total - scores`: flash attention)."""
     from jax._src.ad_checkpoint import saved_residuals
 
     parts = _build(spec, train_params, batch, layers, latent, None, compute_dtype)
@@ -199,9 +212,17 @@ def residual_bytes(spec: ModelSpec, train_params: str, batch: int, layers: int, 
     def loss(params, text_params, batch, key):
         return parts["loss_fn"](params, text_params, batch, key)[0]
 
-    found = saved_residuals(loss, parts["params"], parts["text_params"], parts["batch"], key)
-    return sum(_nbytes(aval) for aval, why in found
-               if not why.startswith("from the argument") and hasattr(aval, "shape"))
+    found = [(aval, why) for aval, why in saved_residuals(
+        loss, parts["params"], parts["text_params"], parts["batch"], key)
+        if not why.startswith("from the argument") and hasattr(aval, "shape")]
+    return {"total": sum(_nbytes(a) for a, _ in found),
+            "scores": sum(_nbytes(a) for a, why in found if _is_score(why, a.shape))}
+
+
+def residual_bytes(spec: ModelSpec, train_params: str, batch: int, layers: int, latent: int,
+                   compute_dtype: str = "bfloat16") -> int:
+    """`residual_split(...)["total"]`."""
+    return residual_split(spec, train_params, batch, layers, latent, compute_dtype)["total"]
 
 
 def compiled_bytes(compiled: Any) -> dict[str, int]:
