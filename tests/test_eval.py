@@ -262,6 +262,19 @@ def test_ablation_table_has_every_setting_and_foreground_count(tiny_pipe, classi
     assert "coherence PSNR (dB)" in table[0] and "+LSSA" in table[5]
 
 
+def test_study_measures_for_the_recipe_study(tiny_pipe, classifier8):
+    from dreamlayer_jax.eval.evaluate import STUDY_MEASURES, study_measures
+
+    full = study_measures(tiny_pipe, 3, steps=2, guidance=2.0, batch_size=2,
+                          classifier=classifier8, fid_scenes=12)
+    assert {"layout", "colour", "coherence_psnr", "noise_global", "fid_composite"} <= set(full)
+    assert set(full) <= set(STUDY_MEASURES) | {f"truth:{m}" for m in STUDY_MEASURES}
+    assert full["truth:noise_global"] == [1.0, 0.0] and full["truth:colour"][0] >= 0.0
+    only = study_measures(tiny_pipe, 3, steps=2, guidance=2.0, batch_size=2,
+                          classifier=classifier8, fid_scenes=12, composite_only=True)
+    assert {m for m in only if not m.startswith("truth:")} == {"noise_global", "fid_composite"}
+
+
 # ----------------------------------------------------------- scoring with a fake model
 
 

@@ -283,16 +283,18 @@ def evaluate(pipe: Any, scenes: Sequence[Pair], *, steps: int = 20, guidance: fl
 
 def study_measures(pipe: Any, n: int, *, steps: int = 20, guidance: float = 5.0,
                    batch_size: int = 8, seed: int = 0, composite_only: bool = False,
-                   classifier: LayerClassifier | None = None) -> dict[str, list[float]]:
+                   classifier: LayerClassifier | None = None,
+                   fid_scenes: int = FID_REFERENCE_SCENES) -> dict[str, list[float]]:
     """The recipe study's measures (`STUDY_MEASURES`): all mechanisms on, `n` mixed
     held-out scenes, no decomposition; measure -> `[mean, 95% half-width]` (JSON-ready).
     With `composite_only` (a model trained on the global layer alone) only the global
-    layer's measures."""
+    layer's measures. Keys `truth:<measure>` hold the ground truth's values."""
     resolution = pipe.config.resolution
     max_fg = min(3, pipe.max_foregrounds)
     classifier = classifier or train_classifier(resolution)
     pairs = held_out_scenes(n, seed, resolution, max_foregrounds=max_fg)
-    reference = fid_reference(classifier, resolution, seed=seed, max_foregrounds=max_fg)
+    reference = fid_reference(classifier, resolution, scenes=fid_scenes, seed=seed,
+                              max_foregrounds=max_fg)
     results = generate(pipe, [r for r, _ in pairs], steps=steps, guidance=guidance,
                        batch_size=batch_size, seed=seed)
     values = score(pairs, results, classifier)

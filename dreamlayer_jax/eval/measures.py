@@ -222,8 +222,8 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     `|mu_a - mu_b|^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2))` (FID's formula), >= 0."""
     mu_a, cov_a = _moments(a)
     mu_b, cov_b = _moments(b)
-    with warnings.catch_warnings():  # fewer samples than dimensions: singular, expected
-        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)  # singular: few samples
         root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
         if not np.isfinite(root).all():  # nudge both diagonals (as pytorch-fid does)
             offset = np.eye(cov_a.shape[0]) * 1e-6
