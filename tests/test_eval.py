@@ -321,7 +321,9 @@ def test_generate_batches_by_foreground_count_and_keeps_the_order():
 
 def test_ground_truth_scores_perfectly_on_layout_fidelity_and_decomposition(classifier32):
     pairs = held_out_scenes(12, seed=4, resolution=32)
-    measures = evaluate(GroundTruthPipe(pairs), pairs, batch_size=5, classifier=classifier32)
+    pipe = GroundTruthPipe(pairs)
+    measures = evaluate(pipe, pairs, batch_size=5, classifier=classifier32,
+                        decomposer=pipe.decompose)
     assert measures["layout"] == (pytest.approx(1.0), pytest.approx(0.0))
     assert measures["colour"][0] == 1.0 and measures["shape"][0] >= 0.9
     assert measures["background_psnr"][0] == PSNR_CAP and measures["alpha_iou"][0] == 1.0

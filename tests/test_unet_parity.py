@@ -190,6 +190,11 @@ class RecordingContext:
         self.sizes: list[tuple[int, int]] = []
         self.key_lengths: list[tuple[str, int]] = []
 
+    num_layers = 1  # rows are not grouped by layer (no foreground K/V pair)
+
+    def mix_hidden(self, x):
+        return x
+
     def attention_fns(self, h: int, w: int):
         self.sizes.append((h, w))
 

@@ -39,6 +39,7 @@ model's `box_margin`, so `layout` can only fall below 1 by mass inside that marg
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -219,14 +220,20 @@ def reference_measures(pairs: Sequence[Pair], classifier: LayerClassifier,
 
 
 def decompose_all(pipe: Any, pairs: Sequence[Pair], *, steps: int = 20, guidance: float = 5.0,
-                  seed: int = 0, caca: bool = True, lssa: bool = True) -> list[LayeredResult]:
-    """Decompose each pair's ground-truth composite with its true prompts and boxes."""
-    from dreamlayer_jax.pipeline.decompose import decompose
+                  seed: int = 0, caca: bool = True, lssa: bool = True,
+                  decomposer: Callable[..., LayeredResult] | None = None
+                  ) -> list[LayeredResult]:
+    """Decompose each pair's ground-truth composite with its true prompts and boxes;
+    `decomposer(image, layers, background, prompt=..., **kw)` defaults to
+    `pipeline.decompose.decompose` with `pipe`."""
+    if decomposer is None:
+        from dreamlayer_jax.pipeline.decompose import decompose
 
+        decomposer = functools.partial(decompose, pipe)
     return [
-        decompose(pipe, truth.composite, list(request.layers), request.background,
-                  prompt=request.prompt, num_inference_steps=steps, guidance_scale=guidance,
-                  seed=SEED_BASE * (int(seed) + 1) + i, caca=caca, lssa=lssa)
+        decomposer(truth.composite, list(request.layers), request.background,
+                   prompt=request.prompt, num_inference_steps=steps, guidance_scale=guidance,
+                   seed=SEED_BASE * (int(seed) + 1) + i, caca=caca, lssa=lssa)
         for i, (request, truth) in enumerate(pairs)
     ]
 
@@ -257,7 +264,8 @@ def score(pairs: Sequence[Pair], results: Sequence[LayeredResult],
 def evaluate(pipe: Any, scenes: Sequence[Pair], *, steps: int = 20, guidance: float = 5.0,
              batch_size: int = 8, caca: bool = True, lssa: bool = True, irh: bool = True,
              seed: int = 0, classifier: LayerClassifier | None = None,
-             decomposition: bool = True, reference: FidReference | None = None
+             decomposition: bool = True, reference: FidReference | None = None,
+             decomposer: Callable[..., LayeredResult] | None = None
              ) -> dict[str, tuple[float, float]]:
     """Generate `scenes` (`(request, ground truth)` pairs) and measure them.
 
@@ -272,7 +280,7 @@ def evaluate(pipe: Any, scenes: Sequence[Pair], *, steps: int = 20, guidance: fl
     decompositions = None
     if decomposition:
         decompositions = decompose_all(pipe, scenes, steps=steps, guidance=guidance,
-                                       seed=seed, caca=caca, lssa=lssa)
+                                       seed=seed, caca=caca, lssa=lssa, decomposer=decomposer)
     values = score(scenes, results, classifier, decompositions)
     names = [m for m in MEASURES if (decomposition or m not in DECOMPOSITION_MEASURES)
              and m not in SET_MEASURES]
