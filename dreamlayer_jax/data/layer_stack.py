@@ -126,3 +126,24 @@ def overlapping(layers: list[StackLayer]) -> bool:
     for layer in layers:
         count += layer.rgba[..., 3] > 0
     return bool(np.any(count > 1))
+
+
+def fold_group_opacity(reader: Any, group: Any, where: str, coverage: float, opacity: float,
+                       notes: list[str]) -> list[StackLayer] | None:
+    """A group's opacity folded into its layers, where that is exact (no two of them
+    overlap): its children with `coverage * opacity`; None otherwise, with `reader`'s
+    walk state (`index`, `painted`, `stack.skipped`) rolled back so that the group can be
+    read again as one merged layer. `reader` is a PSD or ORA stack reader: its
+    `container(group, coverage, notes)` reads a group's children."""
+    saved = (reader.index, reader.painted, len(reader.stack.skipped))
+    sub_notes: list[str] = []
+    children = reader.container(group, coverage * opacity, sub_notes)
+    if opacity == 1.0 or not overlapping(children):
+        notes += sub_notes
+        if opacity != 1.0 and children:
+            notes.append(f"{where}: group opacity {round(opacity * 100)}% folded into its "
+                         "layers")
+        return children
+    reader.index, reader.painted = saved[0], saved[1]
+    del reader.stack.skipped[saved[2]:]
+    return None

@@ -27,7 +27,7 @@ from dreamlayer_jax.data.layer_stack import (
     StackLayer,
     clean_name,
     describe,
-    overlapping,
+    fold_group_opacity,
     paste,
     refuse,
     scale_alpha,
@@ -112,19 +112,11 @@ class _Walk:
 
     def group(self, element: ET.Element, where: str, coverage: float, opacity: float,
               notes: list[str]) -> list[StackLayer]:
-        saved = (self.index, self.painted, len(self.stack.skipped))
-        sub_notes: list[str] = []
-        children = self.container(element, coverage * opacity, sub_notes)
-        if opacity == 1.0 or not overlapping(children):
-            notes += sub_notes
-            if opacity != 1.0 and children:
-                notes.append(f"{where}: group opacity {round(opacity * 100)}% folded into its "
-                             "layers")
+        children = fold_group_opacity(self, element, where, coverage, opacity, notes)
+        if children is not None:
             return children
         # overlapping children under a group opacity: composite the group on its own
-        self.index, self.painted = saved[0], saved[1]
-        del self.stack.skipped[saved[2]:]
-        sub_notes = []
+        sub_notes: list[str] = []
         children = self.container(element, 1.0, sub_notes)
         notes += sub_notes
         notes.append(f"{where}: merged into one layer (group opacity {round(opacity * 100)}% "

@@ -41,7 +41,7 @@ from dreamlayer_jax.data.layer_stack import (
     StackLayer,
     clean_name,
     describe,
-    overlapping,
+    fold_group_opacity,
     paste,
     refuse,
     scale_alpha,
@@ -395,18 +395,10 @@ class _Walk:
                                     f"{inside}, which acts on the layers below the group")
         if reason is None:
             opacity = group.opacity / 255.0
-            saved = (self.index, self.painted, len(self.stack.skipped))
-            sub_notes: list[str] = []
-            children = self.container(group, coverage * opacity, sub_notes)
-            if opacity == 1.0 or not overlapping(children):
-                notes += sub_notes
-                if opacity != 1.0 and children:
-                    notes.append(f"{where}: group opacity {round(opacity * 100)}% folded into "
-                                 "its layers")
+            children = fold_group_opacity(self, group, where, coverage, opacity, notes)
+            if children is not None:
                 return children
             reason = f"group opacity {round(opacity * 100)}% over overlapping layers"
-            self.index, self.painted = saved[0], saved[1]
-            del self.stack.skipped[saved[2]:]
         # rendered whole: count its members for the unnamed-layer numbering
         self.index += sum(1 for _ in group.descendants())
         notes.append(f"{where}: merged into one layer ({reason})")
