@@ -10,7 +10,9 @@ Which model is written:
   for an SDXL-style model text_encoder_2): a random init of it.
 - `--base FOLDER` (a diffusers Stable Diffusion folder or a DreamLayer folder): that
   model with the config's `dreamlayer` fields applied (fresh LoRA / role embedding /
-  paper parts), its other parts copied. Training can also start from FOLDER directly
+  paper parts), its other parts copied; where CONFIG's ARCHITECTURE reads longer text
+  than FOLDER's, the text encoder gets the extra positions (how v2 of the built-in model
+  starts from v1: `configs/builtin_v2.py`). Training can also start from FOLDER directly
   (`--set model=FOLDER`); this writes the starting point once.
 - a config that trains on in-memory synthetic scenes (it sets `synthetic_resolution`,
   as configs/tiny.py does): a small random model at that resolution.
@@ -87,9 +89,13 @@ def load_module(path: Path) -> Any:
     return module
 
 
-def from_base(base: str, out: Path, dreamlayer: dict[str, Any]) -> None:
-    """`base` with the config's DreamLayer fields, written as a model folder."""
+def from_base(base: str, out: Path, dreamlayer: dict[str, Any],
+              text_length: int | None = None) -> None:
+    """`base` with the config's DreamLayer fields, written as a model folder; with
+    `text_length` longer than the base's, its text encoder gets the extra positions
+    (`io.text_positions`: prompts that fit the old length are read exactly as before)."""
     from dreamlayer_jax.io import resolve_model_folder
+    from dreamlayer_jax.io.text_positions import extend_text_positions
     from dreamlayer_jax.pipeline.components import load_dreamlayer_unet, save_dreamlayer_unet
     from dreamlayer_jax.training.loop import COPIED_PARTS
 
@@ -105,6 +111,8 @@ def from_base(base: str, out: Path, dreamlayer: dict[str, Any]) -> None:
                 shutil.copytree(src, tmp / part, dirs_exist_ok=True)
             elif src.is_file():
                 shutil.copy2(src, tmp / part)
+        if text_length is not None and (tmp / "text_encoder").is_dir():
+            extend_text_positions(tmp, text_length)
         if out.is_dir():
             out.rmdir()
         tmp.rename(out)
@@ -134,7 +142,9 @@ def _main(argv: list[str] | None) -> int:
         arch = small_architecture(int(values["synthetic_resolution"]), dreamlayer)
     check_output_folder(args.out)
     if args.base is not None:
-        from_base(args.base, args.out, dreamlayer)
+        length = (arch.get("text_encoder") or {}).get("max_position_embeddings") \
+            if isinstance(arch, dict) else None
+        from_base(args.base, args.out, dreamlayer, length)
         print(f"wrote {args.out}: {args.base} with the DreamLayer fields of {args.config}")
         return 0
     from dreamlayer_jax.pipeline.create import create_model_folder
