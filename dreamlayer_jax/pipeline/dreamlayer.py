@@ -77,6 +77,11 @@ class DreamLayerPipeline:
     def max_foregrounds(self) -> int:
         return self.config.max_layers - 2
 
+    @property
+    def progress_hook(self) -> ProgressHook:
+        """The hook the sampler ticks when called with `progress=True` (`listen` on it)."""
+        return self._progress
+
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, *,
                         scheduler: str | None = None, dtype: jnp.dtype = jnp.float32,
