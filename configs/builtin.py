@@ -18,9 +18,21 @@ noise, while v-prediction's stay bounded. Sampling: Euler ancestral (trailing sp
 whose injected noise corrects part of the small model's errors (DDIM, deterministic,
 keeps more high-frequency residue; `--scheduler ddim` still works, and decomposition
 always inverts with DDIM).
+
+Paths in the config name places in this repository (`repo_path`), whatever the working
+directory: `train.py --config /abs/path/configs/builtin.py` works from anywhere.
 """
 
+from pathlib import Path
+
 RESOLUTION = 32
+REPO = Path(__file__).resolve().parent.parent  # configs/ sits in the repository's root
+
+
+def repo_path(relative: str) -> str:
+    """`relative` (e.g. "runs/builtin/init") as an absolute path inside this repository."""
+    return str(REPO / relative)
+
 
 ARCHITECTURE = {
     "unet": {
@@ -50,7 +62,7 @@ ARCHITECTURE = {
 
 def get_config() -> dict:
     return {
-        "model": "runs/builtin/init",
+        "model": repo_path("runs/builtin/init"),
         "synthetic_scenes": 4096,
         "synthetic_resolution": RESOLUTION,
         "batch_size": 8,

@@ -47,4 +47,4 @@ ARCHITECTURE["text_encoder"]["max_position_embeddings"] = MAX_TOKENS
 
 
 def get_config() -> dict[str, Any]:
-    return {**_V1.get_config(), "model": "runs/builtin_v2/init"}
+    return {**_V1.get_config(), "model": _V1.repo_path("runs/builtin_v2/init")}
