@@ -140,7 +140,7 @@ def test_every_output_of_a_saved_result_reads_back(tmp_path, stack, umask):
     for name in ("layers.psd", "layers.ora"):
         check = check_layered_file(out / name)
         assert check.scene is not None, check.reason
-        assert check.scene.layer_prompts == ["01 a red star", "02 a green ring"]
+        assert check.scene.layer_prompts == ["a red star", "a green ring"]
         assert check.empty_layers == 1
         assert np.array_equal(check.scene.background, background)
         for got, want in zip(check.scene.layers, layers[:2]):

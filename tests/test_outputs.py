@@ -46,8 +46,8 @@ def test_psd_reopens_with_named_layers_in_order_and_matches_the_composite(pasted
     from dreamlayer_jax.io.layered_files import GLOBAL_LAYER_NAME
 
     names = [layer.name for layer in psd]
-    # the model's global layer travels along as a hidden top layer
-    assert names == ["background", "01 a red star", "02 a green ring", GLOBAL_LAYER_NAME]
+    # named by their prompts; the model's global layer travels along as a hidden top layer
+    assert names == ["a blue wall", "a red star", "a green ring", GLOBAL_LAYER_NAME]
     assert [layer.visible for layer in psd] == [True, True, True, False]
     flat = np.asarray(psd.composite().convert("RGB"), np.int16)
     composite = np.asarray(Image.open(out / "composite.png"), np.int16)
@@ -63,7 +63,8 @@ def test_ora_stack_lists_the_layers_top_first(pasted, tmp_path):
     with zipfile.ZipFile(out / "layers.ora") as ora:
         assert ora.namelist()[0] == "mimetype"
         stack = ora.read("stack.xml").decode()
-    order = [stack.index(name) for name in ("02 a green ring", "01 a red star", "background")]
+    names = ("a green ring", "a red star", "a blue wall")  # layers are named by their prompts
+    order = [stack.index(f'name="{name}"') for name in names]
     assert order == sorted(order)
 
 

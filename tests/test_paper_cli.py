@@ -106,7 +106,7 @@ def test_paper_model_samples_without_any_box(tiny_paper_model_dir, tmp_path):
     from psd_tools import PSDImage
 
     assert [layer.name for layer in PSDImage.open(out / "layers.psd") if layer.visible] == [
-        "background", "01 a red star", "02 a green ring"]
+        "a blue wall", "a red star", "a green ring"]
     assert Image.open(out / "layer_01.png").mode == "RGBA"
 
 

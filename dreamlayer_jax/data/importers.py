@@ -10,21 +10,21 @@ dropped silently. `check_layered_file` says what would be imported, baked or ref
 
 The bottom visible non-empty layer is the background (over white), the others the
 foregrounds in paint order; fully transparent layers are skipped (and counted), hidden
-ones ignored. Each foreground's box is its alpha's bounding box in `[0, 1]`. Prompts
-are the layer names (control characters removed) unless a sidecar JSON file (same
-stem, `.json`, or `prompts_json`) gives them:
+ones ignored. Prompts and boxes come from the layer names and the layers' pixels, the
+scene a file written by this project carries (exact: every prompt, box and the global
+prompt), and a sidecar JSON file (`<stem>.json`, or a result folder's `scene.json`);
+`data/layer_prompts.py` says which wins. The scene's composite is the file's flattened
+picture (PSD: the stored merged image, or psd-tools' rendering when the file has none;
+ORA: `mergedimage.png`, or the layers' composite when it is missing), flattened over
+white. `meta["source"]` is the file's path as given (relative if it was), and
+`meta["source_path"]` its absolute form.
 
-    {"prompt": "a cat on a sofa", "background": "a sofa", "layers": ["a cat"]}
-
-An unnamed layer has no prompt: the file is refused unless the sidecar names it. The
-scene's composite is the file's flattened picture (PSD: the stored merged image, or
-psd-tools' rendering when the file has none; ORA: `mergedimage.png`, or the layers'
-composite when it is missing), flattened over white.
+Many paths at once (`check_sources`, `import_layered_files`): folders are searched
+recursively, and a result folder is one scene (`data/import_sources.py`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
@@ -32,22 +32,27 @@ import xml.etree.ElementTree as ET
 import zipfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from dreamlayer_jax.data.compositing import alpha_bbox, alpha_composite
+from dreamlayer_jax.data.compositing import alpha_composite
 from dreamlayer_jax.data.image_io import flatten_over_white
-from dreamlayer_jax.data.layer_stack import FLAT_PICTURE, LayerStack, RefusedError, refuse
+from dreamlayer_jax.data.import_sources import (
+    ORA_SUFFIXES,
+    PSD_SUFFIXES,
+    SUPPORTED_SUFFIXES,
+    Source,
+    find_sources,
+)
+from dreamlayer_jax.data.layer_prompts import layer_prompts
+from dreamlayer_jax.data.layer_stack import LayerStack, RefusedError, refuse
 from dreamlayer_jax.data.scene import LayeredScene
+from dreamlayer_jax.data.scene_folder import read_scene_folder
 from dreamlayer_jax.data.skip_report import SkipReport
 from dreamlayer_jax.errors import DataError
 
-PSD_SUFFIXES = (".psd", ".psb")
-ORA_SUFFIXES = (".ora",)
-SUPPORTED_SUFFIXES = PSD_SUFFIXES + ORA_SUFFIXES
 # A pixel "differs" when a channel of the layers' composite and of the file's flattened
 # picture are more than TOLERANCE levels (of 255) apart. A file is refused when more
 # than OUTLIER_FRACTION of its pixels differ, or any pixel by more than OUTLIER_LIMIT.
@@ -57,32 +62,6 @@ SUPPORTED_SUFFIXES = PSD_SUFFIXES + ORA_SUFFIXES
 TOLERANCE = 6
 OUTLIER_FRACTION = 0.001
 OUTLIER_LIMIT = 64
-
-
-# -- sidecar prompts --------------------------------------------------------------------
-def _read_prompts(path: Path, prompts_json: str | os.PathLike | None) -> dict[str, Any] | None:
-    """The sidecar prompts: `prompts_json` if given, else `<stem>.json` if it exists."""
-    sidecar = Path(prompts_json) if prompts_json is not None else path.with_suffix(".json")
-    if prompts_json is None and not sidecar.is_file():
-        return None
-    try:
-        spec = json.loads(sidecar.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise DataError(f"{sidecar}: prompts file not found") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{sidecar}: not a readable JSON prompts file ({exc})") from exc
-    if not isinstance(spec, dict):
-        raise DataError(f"{sidecar}: must hold a JSON object")
-    spec["_path"] = sidecar
-    return spec
-
-
-def _prompt_of(value: Any, where: Path, name: str) -> str:
-    if isinstance(value, dict):
-        value = value.get("prompt")
-    if not isinstance(value, str):
-        raise DataError(f"{where}: field '{name}' must be a string (or {{'prompt': str}})")
-    return value
 
 
 # -- the check: do the layers add up to the flattened picture? -------------------------
@@ -135,45 +114,13 @@ def _assemble(path: Path, stack: LayerStack, prompts_json: str | os.PathLike | N
     else:
         composite = recomposed
 
-    boxes = []
-    for rgba in foregrounds:
-        x0, y0, x1, y1 = alpha_bbox(rgba[..., 3])
-        boxes.append((x0 / width, y0 / height, x1 / width, y1 / height))
-
-    names = [layer.name for layer in layers]
-    background_prompt, layer_prompts, prompt = names[0], names[1:], None
-    spec = _read_prompts(path, prompts_json)
-    if spec is not None:
-        where = spec["_path"]
-        if "background" in spec:
-            background_prompt = _prompt_of(spec["background"], where, "background")
-        if "layers" in spec:
-            listed = spec["layers"]
-            if not isinstance(listed, list) or len(listed) != len(foregrounds):
-                raise DataError(
-                    f"{where}: field 'layers' must list {len(foregrounds)} prompts, one per "
-                    f"foreground layer of {path.name}"
-                )
-            layer_prompts = [_prompt_of(v, where, f"layers[{i}]") for i, v in enumerate(listed)]
-        if "prompt" in spec:
-            prompt = _prompt_of(spec["prompt"], where, "prompt")
-    for layer, text in zip(layers, [background_prompt] + layer_prompts):
-        if not text.strip():
-            sidecar = path.with_suffix(".json").name
-            if layer.where == FLAT_PICTURE:
-                raise refuse(path, f"a flat picture (no layers) has no layer name to use as "
-                                   f"its prompt: give it as \"background\" in {sidecar}")
-            raise refuse(path, f"{layer.where} has no name to use as its prompt: name it, or "
-                               f"give the prompts in {sidecar}")
-    if prompt is None:  # "<layer 1> and <layer 2> in front of <background>"
-        prompt = " in front of ".join(
-            filter(None, [" and ".join(layer_prompts), background_prompt])
-        )
+    prompts = layer_prompts(path, layers, stack.record, prompts_json, stack.warnings)
     meta = {
-        "source": str(path),
+        **portable_source(path),
         "format": stack.kind,
-        "layer_names": names,
+        "layer_names": [layer.name for layer in layers],
         "import": {
+            "prompts": prompts.sources,
             "baked": list(stack.baked),
             "skipped": list(stack.skipped),
             "flattened": stack.reference_note,
@@ -182,12 +129,12 @@ def _assemble(path: Path, stack: LayerStack, prompts_json: str | os.PathLike | N
     }
     try:
         return LayeredScene(
-            prompt=prompt,
-            background_prompt=background_prompt,
+            prompt=prompts.prompt,
+            background_prompt=prompts.background,
             background=background,
-            layer_prompts=layer_prompts,
+            layer_prompts=prompts.layers,
             layers=foregrounds,
-            boxes=boxes,
+            boxes=prompts.boxes,
             composite=composite,
             meta=meta,
         )
@@ -223,6 +170,8 @@ def _parser_messages(into: list[str]) -> Iterator[None]:
 
 
 def _read_stack(path: Path, messages: list[str]) -> LayerStack:
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise DataError(f"{path}: not a layered file (expected one of {SUPPORTED_SUFFIXES})")
@@ -265,6 +214,11 @@ class FileCheck:
     skipped: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     empty_layers: int = 0
+
+    @property
+    def name(self) -> str:
+        """The scene's name: the file's stem, or a (result or scene) folder's name."""
+        return (self.path.name if self.path.is_dir() else self.path.stem) or "scene"
 
     @property
     def status(self) -> str:
@@ -343,26 +297,39 @@ def import_ora(path: str | os.PathLike, prompts_json: str | os.PathLike | None =
     return import_layered_file(path, prompts_json, tolerance)
 
 
-def layered_file_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """The files to import: each file given, and the layered files in each folder given
-    (sorted, hidden ones left out)."""
-    files: list[Path] = []
-    for entry in map(Path, paths):
-        if entry.is_dir():
-            files += sorted(
-                p
-                for p in entry.iterdir()
-                if p.suffix.lower() in SUPPORTED_SUFFIXES and not p.name.startswith(".")
-            )
-        else:
-            files.append(entry)
-    return files
+def portable_source(path: Path) -> dict[str, str]:
+    """`meta`'s record of where a scene was imported from: `"source"`, the path as given
+    (relative if it was given relative), and `"source_path"`, its absolute form."""
+    return {"source": str(path), "source_path": str(Path(os.path.abspath(path)))}
+
+
+def check_source(source: Source, tolerance: int = TOLERANCE) -> FileCheck:
+    """Import one source (`data/import_sources.py`) without raising for its sake: a
+    layered file as `check_layered_file`, a scene folder through its PNGs."""
+    if source.file is not None:
+        check = check_layered_file(source.file, tolerance=tolerance)
+        check.path = source.path
+        return check
+    check = FileCheck(source.path)
+    try:
+        scene = read_scene_folder(source.path)
+        check.scene = replace(
+            scene, meta={**scene.meta, **portable_source(source.path), "format": "scene folder"})
+    except DataError as exc:
+        check.reason = str(exc)
+    return check
+
+
+def check_sources(sources: Iterable[Source], tolerance: int = TOLERANCE) -> list[FileCheck]:
+    """`check_source` for each source."""
+    return [check_source(source, tolerance) for source in sources]
 
 
 def check_layered_files(paths: Iterable[str | os.PathLike], tolerance: int = TOLERANCE
                         ) -> list[FileCheck]:
-    """`check_layered_file` for every file of `layered_file_paths(paths)`."""
-    return [check_layered_file(file, tolerance=tolerance) for file in layered_file_paths(paths)]
+    """`check_source` for every source under `paths` (`find_sources`: folders searched
+    recursively, a result folder one scene)."""
+    return check_sources(find_sources(paths)[0], tolerance)
 
 
 def report_of(checks: list[FileCheck]) -> SkipReport:
@@ -380,9 +347,9 @@ def report_of(checks: list[FileCheck]) -> SkipReport:
 def import_layered_files(
     paths: Iterable[str | os.PathLike], tolerance: int = TOLERANCE,
 ) -> tuple[list[LayeredScene], SkipReport]:
-    """Import every .psd / .psb / .ora file given (a folder stands for the layered files
-    in it), skipping unreadable and refused ones. Returns `(scenes, report)`; the report
-    counts what was loaded and the empty layers skipped, and names each skipped file
-    with its reason."""
+    """Import every .psd / .psb / .ora file and scene folder under `paths` (folders
+    searched recursively, a result folder one scene: `find_sources`), skipping
+    unreadable and refused ones. Returns `(scenes, report)`; the report counts what was
+    loaded and the empty layers skipped, and names each skipped file with its reason."""
     checks = check_layered_files(paths, tolerance)
     return [c.scene for c in checks if c.scene is not None], report_of(checks)

@@ -71,7 +71,8 @@ class LayerStack:
     the file stores none: the layers' own composite is then all there is);
     `reference_note` says where it came from. `baked` and `skipped` are short notes
     for the report (`"layer 'cat': layer mask"`, `"hidden layer 'sketch'"`); `warnings`
-    holds what the file's parser complained about.
+    holds what the file's parser complained about. `record` is the scene the file
+    carries when this project wrote it (`io/scene_record.py`), else None.
     """
 
     kind: str
@@ -84,6 +85,7 @@ class LayerStack:
     skipped: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     empty_layers: int = 0
+    record: dict[str, Any] | None = None
 
 
 def paste(canvas: np.ndarray, patch: np.ndarray, left: int, top: int) -> np.ndarray:

@@ -5,7 +5,8 @@ its opacity folded into its alpha, its PNG converted to sRGB through its ICC pro
 when it has one. A `<stack>` is a folder: its children become layers of their own
 with its opacity folded in, unless they overlap under an opacity below 1 (not exact):
 then the stack is composited on its own and becomes one layer named after it.
-`mergedimage.png`, when present, is the file's flattened picture.
+`mergedimage.png`, when present, is the file's flattened picture; `dreamlayer/scene.json`,
+when present, the scene this project wrote the file from (`io/scene_record.py`).
 
 Refused, naming the layer: a `composite-op` other than `svg:src-over` on anything
 painted over other pixels (the result depends on what is below), a layer whose `src`
@@ -33,6 +34,7 @@ from dreamlayer_jax.data.layer_stack import (
     scale_alpha,
 )
 from dreamlayer_jax.errors import DataError
+from dreamlayer_jax.io.scene_record import ORA_ENTRY, read_record
 
 NORMAL_OP = "svg:src-over"
 MERGED_IMAGE = "mergedimage.png"
@@ -155,4 +157,6 @@ def read_ora_stack(path: Path) -> LayerStack:
             stack.reference_note = f"the file's flattened picture ({MERGED_IMAGE})"
         else:
             stack.reference_note = f"no {MERGED_IMAGE}: the layers' own composite"
+        if ORA_ENTRY in archive.namelist():
+            stack.record = read_record(archive.read(ORA_ENTRY), False, stack.warnings)
     return stack

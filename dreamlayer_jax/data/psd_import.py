@@ -19,7 +19,8 @@ documents at 8, 16 or 32 bits are converted to 8-bit sRGB through the file's ICC
 profile (32-bit values are linear light, encoded with the sRGB curve); indexed and
 bitmap files without layers are read through their palette / as black and white;
 duotone, multichannel, CMYK without a usable profile and indexed files with layers
-are refused.
+are refused. The scene this project wrote the file from, if any, is read from its XMP
+metadata (`io/scene_record.py`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from dreamlayer_jax.data.layer_stack import (
     scale_alpha,
     to_rgba8,
 )
+from dreamlayer_jax.io.scene_record import read_record
 
 PSD_SUFFIXES = (".psd", ".psb")
 # Effects psd-tools draws (so they can be baked into the layer); the others it does not.
@@ -413,6 +415,8 @@ def read_psd_stack(path: Path) -> LayerStack:
     psd = PSDImage.open(path)
     has_layers = len(psd) > 0
     stack = LayerStack("psd", psd.height, psd.width, [], None)
+    stack.record = read_record(psd.image_resources.get_data(Resource.XMP_METADATA), True,
+                               stack.warnings)
     colour = _Colour(psd, path, has_layers, stack.warnings)
     walk = _Walk(psd, path, stack, colour)
     if has_layers:

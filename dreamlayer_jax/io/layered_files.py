@@ -11,8 +11,11 @@ The file's flattened picture (PSD: the merged image; ORA: `mergedimage.png`) is 
 rendering of the visible stack, as every reader expects. A model's own `global_layer`
 (its finished picture, which need not equal the stack) goes in as one more layer on
 top, hidden and named `GLOBAL_LAYER_NAME`, so that nothing is lost and the two formats
-agree. Files are written atomically (to a temporary file next to the target, then
-renamed) with the permissions a plain `open()` would give (`0o666` less the umask).
+agree. Given `scene` (the `scene.json` layout), the file also carries the scene itself
+(`io/scene_record.py`: every prompt, box, the global prompt and the paint order), so that
+importing it restores the exact scene whatever the layers are named. Files are written
+atomically (to a temporary file next to the target, then renamed) with the permissions a
+plain `open()` would give (`0o666` less the umask).
 """
 
 from __future__ import annotations
@@ -21,18 +24,22 @@ import io
 import os
 import xml.etree.ElementTree as ET
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 from psd_tools import PSDImage
 from psd_tools.api.layers import PixelLayer
+from psd_tools.constants import Resource
+from psd_tools.psd.image_resources import ImageResource
 
 from dreamlayer_jax.data.compositing import alpha_bbox, alpha_composite
 from dreamlayer_jax.data.image_io import encode_png
 from dreamlayer_jax.errors import InputError
 from dreamlayer_jax.io.atomic import write_atomically
+from dreamlayer_jax.io.scene_record import ORA_ENTRY, make_record, record_json, record_xmp
 
 DEFAULT_BACKGROUND_NAME = "background"
 GLOBAL_LAYER_NAME = "global layer (generated picture, hidden)"
@@ -93,27 +100,34 @@ def write_psd(
     layers: Sequence[np.ndarray],
     names: Sequence[str],
     global_layer: np.ndarray | None = None,
+    scene: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write an 8-bit RGB Photoshop file: the background as the bottom layer, then the
     foregrounds in paint order, named after `names` (unicode kept, cut to 255
     characters), then `global_layer` (uint8 `[H, W, 3]`, if given) hidden on top. The
     file's flattened image (what viewers without layer support show) is the composite
-    of the visible layers. Returns the path written."""
+    of the visible layers; `scene`, if given, goes into its XMP metadata. Returns the
+    path written."""
     height, width, names = _check_inputs(background, layers, names)
     _check_global(global_layer, height, width)
+    names = [name[:PSD_MAX_NAME] for name in names]
+    record = None if scene is None else make_record(scene, names, layers)
 
     def write(target: Path) -> None:
         psd = PSDImage.new("RGB", (width, height))
         pieces = [(np.asarray(background), 0, 0)] + [_crop(layer) for layer in layers]
         for (pixels, left, top), name in zip(pieces, names):
             layer = PixelLayer.fromarray(np.ascontiguousarray(pixels), psd, top=top, left=left)
-            layer.name = name[:PSD_MAX_NAME]
+            layer.name = name
             psd.append(layer)
         if global_layer is not None:
             layer = PixelLayer.fromarray(np.ascontiguousarray(global_layer), psd)
             layer.name = GLOBAL_LAYER_NAME
             layer.visible = False
             psd.append(layer)
+        if record is not None:
+            psd.image_resources[Resource.XMP_METADATA] = ImageResource(
+                key=Resource.XMP_METADATA, data=record_xmp(record))
         psd.save(target)
 
     return write_atomically(path, write)
@@ -150,17 +164,19 @@ def write_ora(
     layers: Sequence[np.ndarray],
     names: Sequence[str],
     global_layer: np.ndarray | None = None,
+    scene: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write an OpenRaster file (opens in GIMP, Krita, MyPaint).
 
     The zip holds `mimetype` first and uncompressed, `stack.xml` listing the layers top
     first (`global_layer`, uint8 `[H, W, 3]`, if given, hidden on top), `data/*.png`,
     `mergedimage.png` (the composite of the visible layers, as OpenRaster defines it)
-    and `Thumbnails/thumbnail.png` (at most 256 pixels a side). Returns the path
-    written.
+    and `Thumbnails/thumbnail.png` (at most 256 pixels a side), and `scene`, if given,
+    as `dreamlayer/scene.json`. Returns the path written.
     """
     height, width, names = _check_inputs(background, layers, names)
     _check_global(global_layer, height, width)
+    record = None if scene is None else make_record(scene, names, layers)
     merged = alpha_composite(np.asarray(background), list(layers))
     pieces = [(np.asarray(background), 0, 0)] + [_crop(layer) for layer in layers]
     srcs = [f"data/layer{index:03d}.png" for index in range(len(pieces))]
@@ -186,5 +202,7 @@ def write_ora(
             archive.writestr(
                 "Thumbnails/thumbnail.png", buffer.getvalue(), compress_type=zipfile.ZIP_STORED
             )
+            if record is not None:
+                archive.writestr(ORA_ENTRY, record_json(record))
 
     return write_atomically(path, write)

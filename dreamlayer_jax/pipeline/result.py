@@ -35,7 +35,9 @@ class LayeredResult:
     latents: np.ndarray | None = None
 
     def layer_names(self) -> list[str]:
-        return [f"{i:02d} {layer.prompt}" for i, layer in enumerate(self.scene.layers, start=1)]
+        """The names of the PSD / ORA layers, background first: their prompts, so that
+        even a program that drops the embedded scene keeps them readable and importable."""
+        return [self.scene.background, *(layer.prompt for layer in self.scene.layers)]
 
     def save(self, out_dir: str | os.PathLike) -> Path:
         """Write every output into `out_dir`, atomically.
@@ -62,9 +64,13 @@ class LayeredResult:
             Image.fromarray(layer, mode="RGBA").save(folder / name)
             files.append(name)
         Image.fromarray(self.composite).save(folder / "composite.png")
+        record = self.scene.to_dict()
+        for entry in record["layers"]:
+            if entry.get("box") is not None:  # no float noise (0.09500000000000003)
+                entry["box"] = [round(float(v), 6) for v in entry["box"]]
         names = self.layer_names()
-        write_psd(folder / "layers.psd", self.background, self.layers, names, self.composite)
-        write_ora(folder / "layers.ora", self.background, self.layers, names, self.composite)
+        for writer, name in ((write_psd, "layers.psd"), (write_ora, "layers.ora")):
+            writer(folder / name, self.background, self.layers, names, self.composite, record)
         Image.fromarray(preview_strip(self.background, self.layers, self.composite)).save(
             folder / "preview.png"
         )
@@ -73,12 +79,9 @@ class LayeredResult:
 
             save_file({"latents": np.ascontiguousarray(self.latents, np.float32)},
                       str(folder / "latents.safetensors"))
-        record = self.scene.to_dict()
         record["background"]["file"] = "background.png"
         for entry, name in zip(record["layers"], files):
             entry["file"] = name
-            if entry.get("box") is not None:  # no float noise (0.09500000000000003)
-                entry["box"] = [round(float(v), 6) for v in entry["box"]]
         record["composite"] = "composite.png"
         record.update(self.info)
         known = record.pop("model_path", None)  # an edit's info carries the saved scene's
