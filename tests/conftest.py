@@ -37,3 +37,13 @@ def tiny_pipe(tiny_model_dir):
     from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
 
     return DreamLayerPipeline.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory):
+    """The browser app (built-in model) served on a free port for the whole session."""
+    pytest.importorskip("fastapi", reason="the app extra (fastapi, uvicorn) is not installed")
+    from app_server import running_app
+
+    with running_app(tmp_path_factory.mktemp("app")) as server:
+        yield server

@@ -44,7 +44,7 @@ import bisect
 import dataclasses
 import functools
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grain
@@ -63,14 +63,20 @@ from dreamlayer_jax.data.batch import (
 from dreamlayer_jax.errors import ConfigError, DataError
 
 
+def flip_boxes(boxes: np.ndarray) -> np.ndarray:
+    """Boxes `[..., 4]` of the mirrored picture: `x0' = 1 - x1`, `x1' = 1 - x0`."""
+    out = boxes.copy()
+    out[..., 0] = 1.0 - boxes[..., 2]
+    out[..., 2] = 1.0 - boxes[..., 0]
+    return out
+
+
 def flip_horizontal(example: PaddedExample) -> PaddedExample:
-    """Mirror every slot left-right; boxes follow: `x0' = 1 - x1`, `x1' = 1 - x0`.
+    """Mirror every slot left-right; boxes follow (`flip_boxes`).
 
     The full box of background, global and padded slots maps onto itself.
     """
-    boxes = example["boxes"].copy()
-    boxes[:, 0] = 1.0 - example["boxes"][:, 2]
-    boxes[:, 2] = 1.0 - example["boxes"][:, 0]
+    boxes = flip_boxes(example["boxes"])
     pixels = np.ascontiguousarray(example["pixels"][:, :, ::-1, :])  # [L, H, W, 4]
     return {**example, "pixels": pixels, "boxes": boxes}
 
@@ -93,9 +99,13 @@ class Augment:
     flip_prob: float
     prompt_dropout: float
 
+    def draw(self, rng: np.random.Generator, num_slots: int) -> tuple[bool, np.ndarray]:
+        """`(flip, drop bool[L])` for one element (the latent cache applies the same)."""
+        flip = bool(rng.random() < self.flip_prob)
+        return flip, rng.random(num_slots) < self.prompt_dropout
+
     def __call__(self, example: PaddedExample, rng: np.random.Generator) -> PaddedExample:
-        flip = rng.random() < self.flip_prob
-        drop = rng.random(len(example["prompts"])) < self.prompt_dropout
+        flip, drop = self.draw(rng, len(example["prompts"]))
         if flip:
             example = flip_horizontal(example)
         return drop_prompts(example, drop)
@@ -188,18 +198,27 @@ class StagedBatches(grain.MapDataset):
         return f"StagedBatches(starts={self._starts})"
 
 
+def element_ops(source: Sequence[Any], augment: Augment) -> tuple[Callable, Callable, Callable]:
+    """`(pad, augment, collate)` of `source`'s elements: scenes (`pad_example`, `augment`,
+    `collate`), or what the source says (`pipeline_ops`, e.g. `data.latent_cache`)."""
+    ops = getattr(source, "pipeline_ops", None)
+    return ops(augment) if callable(ops) else (pad_example, augment, collate)
+
+
 def _batches(dataset: grain.MapDataset, seed: int, num_epochs: int | None, max_layers: int,
-             augment: Augment, batch_size: int) -> grain.MapDataset:
+             ops: tuple[Callable, Callable, Callable], batch_size: int) -> grain.MapDataset:
     """shuffle -> repeat -> pad to `L_max` -> augment -> batch."""
+    pad, augment, batch_fn = ops
     dataset = dataset.seed(seed).shuffle().repeat(num_epochs)
-    dataset = dataset.map(functools.partial(pad_example, max_layers=max_layers))
+    dataset = dataset.map(functools.partial(pad, max_layers=max_layers))
     dataset = dataset.random_map(augment)
-    return dataset.batch(int(batch_size), drop_remainder=True, batch_fn=collate)
+    return dataset.batch(int(batch_size), drop_remainder=True, batch_fn=batch_fn)
 
 
 def _stage_datasets(source: Sequence[Any], host: slice, stages: tuple[tuple[int, int], ...],
                     counts: np.ndarray | None, seed: int, shard_index: int,
-                    batch_size: int, max_layers: int, augment: Augment) -> StagedBatches:
+                    batch_size: int, max_layers: int,
+                    ops: tuple[Callable, Callable, Callable]) -> StagedBatches:
     """The curriculum's batches: one pipeline per stage over the host's fitting scenes."""
     host_indices = np.arange(len(source))[host]
     counts = (count_foregrounds(source, host_indices) if counts is None
@@ -215,7 +234,7 @@ def _stage_datasets(source: Sequence[Any], host: slice, stages: tuple[tuple[int,
         stage_seed = int(np.random.SeedSequence([seed, shard_index, number + 1])
                          .generate_state(1)[0])
         parts.append(_batches(grain.MapDataset.source(SubsetSource(source, picked)),
-                              stage_seed, None, max_layers, augment, batch_size))
+                              stage_seed, None, max_layers, ops, batch_size))
     return StagedBatches(parts, [start for start, _ in stages])
 
 
@@ -262,7 +281,7 @@ def make_train_dataset(
                               f"starts: num_epochs must be None, got {num_epochs}")
         dataset = _stage_datasets(source, host, check_curriculum(curriculum, max_layers),
                                   foreground_counts, int(seed), int(shard_index),
-                                  int(batch_size), max_layers, augment)
+                                  int(batch_size), max_layers, element_ops(source, augment))
     else:
         dataset = grain.MapDataset.source(source)[host]
         if len(dataset) < batch_size:
@@ -273,7 +292,8 @@ def make_train_dataset(
         # One stream per host: hosts neither share shuffles nor augmentation draws.
         host_seed = int(np.random.SeedSequence([int(seed), int(shard_index)])
                         .generate_state(1)[0])
-        dataset = _batches(dataset, host_seed, num_epochs, max_layers, augment, batch_size)
+        dataset = _batches(dataset, host_seed, num_epochs, max_layers,
+                           element_ops(source, augment), batch_size)
     iter_dataset = dataset.to_iter_dataset(
         grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches)
     )
@@ -356,4 +376,5 @@ def make_eval_scenes(
     count = len(source) if count is None else int(count)
     if not 1 <= count <= len(source):
         raise ConfigError(f"count must lie in [1, {len(source)}], got {count}")
-    return collate([pad_example(source[index], max_layers) for index in range(count)])
+    pad, _, batch_fn = element_ops(source, Augment(0.0, 0.0))
+    return batch_fn([pad(source[index], max_layers) for index in range(count)])

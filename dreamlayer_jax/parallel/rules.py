@@ -66,6 +66,7 @@ LAYOUTS: dict[str, tuple[str, ...]] = {
     "boxes": ("batch", "layer", "box"),
     "token_ids": ("batch", "layer", "tokens"),
     "token_ids_2": ("batch", "layer", "tokens"),
+    "alphas": ("batch", "layer", "height", "width"),  # a cached batch (data.latent_cache)
     # the sampler's latents and the `LayerContext`'s fields
     "latents": ("batch", "layer", "height", "width", "channels"),
     "roles": ("batch", "layer"),

@@ -32,6 +32,8 @@ FIELD_HELP: dict[str, str] = {
              "e.g. one written by dreamlayer_jax.cli.init_model)",
     "data_dir": "TFDS dataset (dreamlayer-build-dataset's --out, or its versioned "
                 "dreamlayer_scenes/<config>/1.0.0 folder); empty = in-memory synthetic scenes",
+    "data_cache": "latent cache (dreamlayer-cache-latents' --out): latents and text "
+                  "embeddings computed once, the encoders skipped; instead of data_dir",
     "split": "dataset split to train on",
     "synthetic_scenes": "number of in-memory synthetic scenes when data_dir is empty",
     "synthetic_resolution": "side in pixels of the in-memory synthetic scenes",
@@ -88,6 +90,7 @@ class TrainConfig:
     # model and data
     model: str = ""  # base model folder (diffusers layout, optionally with dreamlayer/)
     data_dir: str = ""  # TFDS dataset folder; "" = in-memory synthetic scenes
+    data_cache: str = ""  # a latent cache (training.latent_cache) instead of data_dir
     split: str = "train"
     synthetic_scenes: int = 64  # in-memory source size when data_dir is ""
     synthetic_resolution: int = 16

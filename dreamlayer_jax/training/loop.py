@@ -40,10 +40,12 @@ from dreamlayer_jax.pipeline.components import DREAMLAYER, save_dreamlayer_unet
 from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
 from dreamlayer_jax.training.checkpoint import Checkpointer, abstract_like
 from dreamlayer_jax.training.config import TrainConfig, fit_mesh, save_run_config
+from dreamlayer_jax.training.latent_cache import cached_arrays, cached_batch_keys, open_cache
 from dreamlayer_jax.training.logging import MetricsLogger
 from dreamlayer_jax.training.optimizer import make_optimizer, trained_mask
 from dreamlayer_jax.training.state import TrainState, ema_weights, init_train_state
 from dreamlayer_jax.training.step import (
+    host_arrays,
     jit_train_step,
     make_loss_fn,
     make_train_step,
@@ -130,7 +132,10 @@ class Trainer:
                               f"axis ({self.mesh.shape['layer']})")
         if cfg.curriculum:
             check_curriculum(cfg.curriculum, self.max_layers)
-        self.source = load_train_source(cfg, self.max_layers)
+        # a latent cache replaces the scenes, and the step skips codec and text encoders
+        self.cache = open_cache(cfg, self.pipe, self.max_layers) if cfg.data_cache else None
+        self.source = (self.cache if self.cache is not None
+                       else load_train_source(cfg, self.max_layers))
 
         # the trained module: the DreamLayerUNet, or the codec's transparency decoder
         if cfg.mode == "transparency":
@@ -141,7 +146,8 @@ class Trainer:
             self.model_graph, params = nnx.split(self.pipe.unet)
         conditioner = self.pipe.conditioner
         params = nnx.to_pure_dict(params)
-        text_params = [nnx.to_pure_dict(p) for p in conditioner.params]
+        text_params = ([] if self.cache is not None else
+                       [nnx.to_pure_dict(p) for p in conditioner.params])
         self.tx = make_optimizer(cfg, params)
         if cfg.mode == "diffusion":
             backend = resolve_backend(cfg.attention_backend
@@ -155,7 +161,7 @@ class Trainer:
             loss_fn = make_loss_fn(cfg, self.model_graph, conditioner.graphdefs,
                                    self.pipe.codec, self.pipe.scheduler,
                                    self.pipe.config.box_margin, backend, empty_ids,
-                                   special_ids, mesh=self.mesh)
+                                   special_ids, mesh=self.mesh, cached=self.cache is not None)
         # The state is never built whole on one device: its shapes come from eval_shape,
         # and `initial_state` creates it already sharded from these host weights.
         self._host_params = jax.tree.map(np.asarray, params)
@@ -184,8 +190,9 @@ class Trainer:
 
     def jit_step(self, mesh: Mesh, donate: bool = True):
         """The train step jitted for `mesh` (the trainer's own: `self.step_fn`)."""
+        keys = cached_batch_keys(self.cache) if self.cache is not None else None
         return jit_train_step(self.train_step, mesh, self.abstract_state, self.text_params,
-                              donate)
+                              donate, keys)
 
     # -- data ------------------------------------------------------------------------
     def make_iterator(self):
@@ -195,16 +202,11 @@ class Trainer:
             prompt_dropout=self.cfg.prompt_dropout, curriculum=self.cfg.curriculum)
 
     def host_arrays(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
-        """A `TrainBatch` as arrays, prompts tokenized to `token_ids[B, L, T]`."""
-        b, num_layers = np.shape(batch["layer_valid"])
-        flat = [p for scene in batch["prompts"] for p in scene]
-        ids = [i.reshape(b, num_layers, -1) for i in self.pipe.conditioner.tokenize(flat)]
-        arrays = {"pixels": np.asarray(batch["pixels"], np.float32),
-                  "layer_valid": np.asarray(batch["layer_valid"], bool),
-                  "boxes": np.asarray(batch["boxes"], np.float32), "token_ids": ids[0]}
-        if len(ids) == 2:
-            arrays["token_ids_2"] = ids[1]
-        return arrays
+        """A `TrainBatch` as arrays, prompts tokenized to `token_ids[B, L, T]`; a cached
+        batch's arrays as they are."""
+        if self.cache is not None:
+            return cached_arrays(batch, cached_batch_keys(self.cache))
+        return host_arrays(self.pipe.conditioner, batch)
 
     def device_batch(self, batch: dict[str, Any]) -> dict[str, jax.Array]:
         return place_batch(self.host_arrays(batch), self.mesh)

@@ -51,6 +51,9 @@ from dreamlayer_jax.training.state import TrainState, ema_decay_at, ema_update
 
 BATCH_KEYS = {"pixels": 5, "layer_valid": 2, "boxes": 3, "token_ids": 3}  # name -> ndim
 SDXL_BATCH_KEYS = {**BATCH_KEYS, "token_ids_2": 3}  # the second tokenizer's ids
+# a cached batch (`make_loss_fn(cached=True)`); SDXL adds text_embeds and time_ids, the
+# paper variant token_ids (its global slot's token owners) and, with CACA, alphas
+CACHED_BATCH_KEYS = {"latents": 5, "layer_valid": 2, "boxes": 3, "text": 4}
 
 StepFn = Callable[[TrainState, Any, dict[str, jax.Array]], tuple[TrainState, dict[str, Any]]]
 
@@ -66,11 +69,12 @@ def batch_keys(num_text_encoders: int) -> dict[str, int]:
     return SDXL_BATCH_KEYS if num_text_encoders == 2 else BATCH_KEYS
 
 
-def batch_shardings(mesh: Mesh, num_text_encoders: int = 1) -> dict[str, NamedSharding]:
+def batch_shardings(mesh: Mesh, num_text_encoders: int = 1,
+                    keys: dict[str, int] | None = None) -> dict[str, NamedSharding]:
     """`[B, L, ...]` batch arrays: B over ("data", "fsdp"), L over "layer"
-    (`parallel.rules.LAYOUTS`)."""
-    return {name: logical_sharding(mesh, layout(name, ndim))
-            for name, ndim in batch_keys(num_text_encoders).items()}
+    (`parallel.rules.LAYOUTS`); `keys` (name -> ndim) default `batch_keys(...)`."""
+    keys = batch_keys(num_text_encoders) if keys is None else keys
+    return {name: logical_sharding(mesh, layout(name, ndim)) for name, ndim in keys.items()}
 
 
 def _cast(tree: Any, dtype: jnp.dtype) -> Any:
@@ -96,6 +100,49 @@ def paper_layer_tokens(ids: jax.Array, layer_valid: jax.Array, *, eos_id: int,
                        own_tokens=own, lengths=jnp.where(dropped, 2, tokens.lengths))
 
 
+def layer_token_ids(batch: dict[str, jax.Array], num_text_encoders: int,
+                    paper_special_ids: Sequence[tuple[int, int]] | None = None
+                    ) -> tuple[list[jax.Array], LayerTokens | None]:
+    """Each tokenizer's ids `[B, L, T]` of a batch (the paper variant's global slot
+    rebuilt, `paper_layer_tokens`) and the first tokenizer's `LayerTokens` (None in the
+    box variant, `paper_special_ids=None`)."""
+    ids = [batch["token_ids"], *([batch["token_ids_2"]] if num_text_encoders == 2 else [])]
+    if paper_special_ids is None:
+        return ids, None
+    tokens = [paper_layer_tokens(i, batch["layer_valid"], eos_id=eos, pad_id=pad)
+              for i, (eos, pad) in zip(ids, paper_special_ids, strict=True)]
+    return [t.ids for t in tokens], tokens[0]
+
+
+def encode_layer_text(text_graphs: Sequence[nnx.GraphDef], text_params: Sequence[Any],
+                      ids: Sequence[jax.Array], size: tuple[int, int],
+                      empty_prompt_ids: np.ndarray | None = None
+                      ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
+    """`(text [B, L, T, D], added | None)` of each tokenizer's ids `[B, L, T]`, under
+    `stop_gradient`; SDXL's `added` holds `text_embeds [B, L, P]` and `time_ids [B, L, 6]`
+    for pictures of `size` (h, w). With `empty_prompt_ids` empty prompts encode to zeros
+    (`make_loss_fn`). The train step and `data.latent_cache` both encode through here."""
+    b, num_layers = ids[0].shape[:2]
+    flat = [i.reshape(b * num_layers, i.shape[-1]) for i in ids]
+    hidden, pooled = encode_tokens(text_graphs, text_params, flat)
+    if empty_prompt_ids is not None:
+        empty = jnp.all(flat[0] == jnp.asarray(empty_prompt_ids), axis=-1)
+        hidden, pooled = zero_where_empty(~empty, hidden, pooled)
+    added = None
+    if pooled is not None:
+        added = {"text_embeds": pooled, "time_ids": sdxl_time_ids(b * num_layers, size)}
+    return jax.lax.stop_gradient(jax.tree.map(
+        lambda a: a.reshape(b, num_layers, *a.shape[1:]), (hidden, added)))
+
+
+def encode_layers(codec: Any, pixels: jax.Array) -> jax.Array:
+    """Latents `[B, L, h, w, c]` of straight RGBA `pixels [B, L, H, W, 4]` (the codec's
+    deterministic encoding, under `stop_gradient`)."""
+    b, num_layers = pixels.shape[:2]
+    x0 = codec.encode(pixels.reshape(b * num_layers, *pixels.shape[2:]))
+    return jax.lax.stop_gradient(x0.reshape(b, num_layers, *x0.shape[1:]))
+
+
 def map_loss_mask(tokens: LayerTokens, roles: jax.Array, layer_valid: jax.Array) -> jax.Array:
     """`bool[B, L]`: the foregrounds `L_c` and `L_layout` count: valid, with tokens of
     their own prompt and some of them in the global prompt (a dropped or fully cut
@@ -111,7 +158,7 @@ def make_loss_fn(cfg: TrainConfig, unet_graph: nnx.GraphDef,
                  box_margin: float, attention_backend: str = "xla",
                  empty_prompt_ids: np.ndarray | None = None,
                  paper_special_ids: Sequence[tuple[int, int]] | None = None, *,
-                 mesh: Mesh | None = None) -> Callable:
+                 mesh: Mesh | None = None, cached: bool = False) -> Callable:
     """`loss(params, text_params, batch, key) -> (loss, aux)` for one micro-batch.
 
     `text_params` is the list of the encoders' parameters (one, or SDXL's two);
@@ -122,7 +169,9 @@ def make_loss_fn(cfg: TrainConfig, unet_graph: nnx.GraphDef,
     `paper_special_ids` (the `(eos_id, pad_id)` of each tokenizer) trains the paper
     variant (module docstring); the token owners come from the first tokenizer's ids
     (SDXL's two CLIP tokenizers split prompts alike). With a `mesh` whose "layer" axis
-    is larger than 1, the paper variant's LSSA runs partitioned over it.
+    is larger than 1, the paper variant's LSSA runs partitioned over it. `cached=True`
+    reads a cached batch (`CACHED_BATCH_KEYS`: latents and text encoded once by
+    `data.latent_cache`), and neither the codec nor the text encoders run.
 
     `aux`: `t_mean`, `loss_noise`; paper variant: `prompt_overflow` (scenes whose
     concatenated prompt was cut) and, with CACA, `loss_context`, `loss_layout`.
@@ -136,43 +185,37 @@ def make_loss_fn(cfg: TrainConfig, unet_graph: nnx.GraphDef,
         raise ValueError(f"{len(paper_special_ids)} (eos, pad) pairs for "
                          f"{len(text_graphs)} text encoders")
 
-    def layer_tokens(batch) -> tuple[list[jax.Array], LayerTokens | None]:
-        """Each tokenizer's ids `[B, L, T]` (the paper variant's rebuilt) and the first
-        tokenizer's `LayerTokens` (None in the box variant)."""
-        ids = [batch["token_ids"], *([batch["token_ids_2"]] if len(text_graphs) == 2 else [])]
-        if not paper:
-            return ids, None
-        tokens = [paper_layer_tokens(i, batch["layer_valid"], eos_id=eos, pad_id=pad)
-                  for i, (eos, pad) in zip(ids, paper_special_ids, strict=True)]
-        return [t.ids for t in tokens], tokens[0]
-
-    def encode_text(text_params, ids, size):
-        """`(text [B, L, T, D], added | None)` of the token ids `[B, L, T]` of each tokenizer."""
-        b, num_layers = ids[0].shape[:2]
-        flat = [i.reshape(b * num_layers, i.shape[-1]) for i in ids]
-        hidden, pooled = encode_tokens(text_graphs, text_params, flat)
-        if empty_prompt_ids is not None:
-            empty = jnp.all(flat[0] == jnp.asarray(empty_prompt_ids), axis=-1)
-            hidden, pooled = zero_where_empty(~empty, hidden, pooled)
-        added = None
-        if pooled is not None:
-            added = {"text_embeds": pooled, "time_ids": sdxl_time_ids(b * num_layers, size)}
-        return jax.lax.stop_gradient(jax.tree.map(
-            lambda a: a.reshape(b, num_layers, *a.shape[1:]), (hidden, added)))
+    def conditioning(text_params, batch):
+        """`(x0, text, added, tokens, alphas, token_count)` of a raw batch (encoded here)
+        or of a cached one (read as is; `data.latent_cache`)."""
+        if cached:
+            added = ({"text_embeds": batch["text_embeds"], "time_ids": batch["time_ids"]}
+                     if "text_embeds" in batch else None)
+            tokens, count = None, None
+            if paper:
+                eos, pad = paper_special_ids[0]
+                tokens = paper_layer_tokens(batch["token_ids"], batch["layer_valid"],
+                                            eos_id=eos, pad_id=pad)
+                count = batch["token_ids"].shape[-1]
+            return (batch["latents"], batch["text"], added, tokens, batch.get("alphas"),
+                    count)
+        pixels = batch["pixels"]
+        ids, tokens = layer_token_ids(batch, len(text_graphs), paper_special_ids)
+        text, added = encode_layer_text(text_graphs, text_params, ids, pixels.shape[2:4],
+                                        empty_prompt_ids)
+        return (encode_layers(codec, pixels), text, added, tokens, pixels[..., 3],
+                ids[0].shape[-1])
 
     def loss_fn(params, text_params, batch, key):
-        pixels, layer_valid = batch["pixels"], batch["layer_valid"]
+        layer_valid = batch["layer_valid"]
         b, num_layers = layer_valid.shape
-        x0 = codec.encode(pixels.reshape(b * num_layers, *pixels.shape[2:]))
-        x0 = jax.lax.stop_gradient(x0.reshape(b, num_layers, *x0.shape[1:]))
+        x0, text, added, tokens, alphas, token_count = conditioning(text_params, batch)
         key_t, key_noise = jax.random.split(key)
         t = jax.random.randint(key_t, (b,), 0, num_train_timesteps)  # one t per scene
         noise = jax.random.normal(key_noise, x0.shape, jnp.float32)
         x_t = add_noise(sched, x0, noise, t)
         target = get_target(sched, x0, noise, t, prediction_type)
         roles = make_roles(layer_valid)
-        ids, tokens = layer_tokens(batch)
-        text, added = encode_text(text_params, ids, pixels.shape[2:4])
         boxes = batch["boxes"]
         if paper:  # no box is an input anywhere
             boxes = jnp.broadcast_to(jnp.asarray(FULL_BOX, boxes.dtype), boxes.shape)
@@ -193,10 +236,10 @@ def make_loss_fn(cfg: TrainConfig, unet_graph: nnx.GraphDef,
         loss = masked_layer_loss(pred, target, layer_valid, weights)
         aux = {"t_mean": t.astype(jnp.float32).mean(), "loss_noise": loss}
         if tokens is not None:
-            aux["prompt_overflow"] = jnp.sum(tokens.lengths > ids[0].shape[-1])
+            aux["prompt_overflow"] = jnp.sum(tokens.lengths > token_count)
         if maps is not None:
             mask = map_loss_mask(tokens, roles, layer_valid)
-            aux["loss_context"] = context_loss(maps["context_maps"], pixels[..., 3], mask)
+            aux["loss_context"] = context_loss(maps["context_maps"], alphas, mask)
             aux["loss_layout"] = layout_loss(maps["context_maps"], maps["own_maps"], mask)
             loss = (loss + cfg.context_loss_weight * aux["loss_context"]
                     + cfg.layout_loss_weight * aux["loss_layout"])
@@ -249,12 +292,13 @@ def make_train_step(cfg: TrainConfig, tx: optax.GradientTransformation,
 
 
 def jit_train_step(step: Callable, mesh: Mesh, state: TrainState, text_params: list[Any],
-                   donate: bool = True) -> StepFn:
+                   donate: bool = True, batch_keys: dict[str, int] | None = None) -> StepFn:
     """`jax.jit` with explicit in/out shardings on `mesh` (see `state_shardings`);
-    `text_params` is the list of the text encoders' parameters (replicated)."""
+    `text_params` is the list of the text encoders' parameters (replicated; `[]` for a
+    cached batch, whose arrays `batch_keys` names)."""
     state_sh = state_shardings(mesh, state)
     text_sh = jax.tree.map(lambda _: replicated(mesh), text_params)
-    batch_sh = batch_shardings(mesh, len(text_params))
+    batch_sh = batch_shardings(mesh, len(text_params), batch_keys)
     return jax.jit(step, in_shardings=(state_sh, text_sh, batch_sh),
                    out_shardings=(state_sh, replicated(mesh)),
                    donate_argnums=(0,) if donate else ())
@@ -265,9 +309,23 @@ def place_state(state: TrainState, mesh: Mesh) -> TrainState:
     return jax.device_put(state, state_shardings(mesh, state))
 
 
+def host_arrays(conditioner: Any, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A `TrainBatch` as the step's arrays, prompts tokenized to `token_ids [B, L, T]`
+    (and `token_ids_2` with SDXL's second tokenizer)."""
+    b, num_layers = np.shape(batch["layer_valid"])
+    flat = [p for scene in batch["prompts"] for p in scene]
+    ids = [i.reshape(b, num_layers, -1) for i in conditioner.tokenize(flat)]
+    arrays = {"pixels": np.asarray(batch["pixels"], np.float32),
+              "layer_valid": np.asarray(batch["layer_valid"], bool),
+              "boxes": np.asarray(batch["boxes"], np.float32), "token_ids": ids[0]}
+    if len(ids) == 2:
+        arrays["token_ids_2"] = ids[1]
+    return arrays
+
+
 def place_batch(arrays: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Global batch arrays from this process's rows (its slice of the global batch);
-    `arrays` has `token_ids_2` where the model has SDXL's second tokenizer."""
-    shardings = batch_shardings(mesh, 2 if "token_ids_2" in arrays else 1)
+    """Global batch arrays from this process's rows (its slice of the global batch), each
+    laid out by its name (`parallel.rules.LAYOUTS`): a raw batch or a cached one."""
+    shardings = batch_shardings(mesh, keys={k: np.ndim(v) for k, v in arrays.items()})
     return {name: jax.make_array_from_process_local_data(sharding, np.asarray(arrays[name]))
             for name, sharding in shardings.items()}
