@@ -206,3 +206,21 @@ def test_a_record_rewritten_as_an_xmp_attribute_or_damaged_is_read_or_left_out()
     assert read_record(b"<x>no record</x>", True, notes) is None and notes == []
     assert read_record(b'{"dreamlayer_scene": 1, "layers": 3}', False, notes) is None
     assert notes and notes[0].startswith("embedded scene ignored")
+
+
+def test_build_dataset_stages_nested_result_folders_as_one_scene_each(tmp_path):
+    from types import SimpleNamespace
+
+    from dreamlayer_jax.cli.build_dataset import stage_sources
+    from dreamlayer_jax.errors import InputError
+
+    _save(tmp_path / "results" / "day1" / "a")
+    _save(tmp_path / "results" / "day2" / "deeper" / "b")
+    args = SimpleNamespace(resolution=None, max_foregrounds=3, seed=0)
+    warnings = stage_sources([tmp_path / "results"], 0, tmp_path / "staged", args, 0)
+    staged = sorted(p.name for p in (tmp_path / "staged").iterdir())
+    assert warnings == [] and staged == ["000001-a", "000002-b"]
+    _assert_same_scene(read_scene_folder(tmp_path / "staged" / "000002-b"))
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(InputError, match="searched recursively"):
+        stage_sources([tmp_path / "empty"], 0, tmp_path / "staged2", args, 0)

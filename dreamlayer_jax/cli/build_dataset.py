@@ -5,9 +5,9 @@
     python train.py --config configs/sd15.py --workdir runs/sd15 \\
         --set model=SD15_FOLDER data_dir=data/mine
 
-SRC: scene folders (a folder with scene.json, or a folder of them), layered files
-(.psd, .psb, .ora; a folder stands for the layered files in it) and `--synthetic N`
-generated scenes, mixed freely. Every scene is first written as a scene folder under
+SRC: scene folders (a folder with scene.json: `sample.py` results too, one scene
+each), layered files (.psd, .psb, .ora) and folders of them (searched recursively, as
+`import_layers` does), and `--synthetic N` generated scenes, mixed freely. Every scene is first written as a scene folder under
 DIR/scenes/ (kept: it is the dataset's source, and what a rebuild reads), then packed
 into DIR/dreamlayer_scenes/<config>/1.0.0/. `data_dir` accepts DIR or that folder.
 Unreadable or refused inputs are skipped with one warning line each; the libraries'
@@ -51,52 +51,38 @@ def build_parser() -> ArgumentParser:
 def stage_sources(sources: list[Path], synthetic: int, folder: Path, args: Any,
                   stream: int) -> list[str]:
     """Write every scene of `sources` (and `synthetic` generated ones) as a scene folder
-    under `folder`; returns the warning lines of what was skipped."""
-    from dreamlayer_jax.data.importers import SUPPORTED_SUFFIXES, import_layered_files
-    from dreamlayer_jax.data.scene_folder import SCENE_JSON, write_scene_folder
+    under `folder`; returns the warning lines of what was skipped. Folders are searched
+    recursively and a result folder is one scene, as `import_layers` does
+    (`data/import_sources.find_sources`)."""
+    from dreamlayer_jax.data.import_sources import SUPPORTED_SUFFIXES, find_sources
+    from dreamlayer_jax.data.importers import check_layered_files, report_of
+    from dreamlayer_jax.data.scene_folder import write_scene_folder
 
     folder.mkdir(parents=True, exist_ok=True)
-    layered: list[Path] = []
-    warnings: list[str] = []
-    count = 0
-
-    def name(stem: str) -> Path:
-        nonlocal count
-        count += 1
-        return folder / f"{count:06d}-{stem}"
-
     for src in sources:
         if not src.exists():
             raise InputError(f"source {str(src)!r} does not exist")
-        if src.is_file():
-            if src.suffix.lower() not in SUPPORTED_SUFFIXES:
-                raise InputError(f"source {str(src)!r} is neither a scene folder nor a "
-                                 f"layered file ({', '.join(SUPPORTED_SUFFIXES)})")
-            layered.append(src)
-            continue
-        if (src / SCENE_JSON).is_file():
-            shutil.copytree(src, name(src.name))
-            continue
-        children = sorted(p for p in src.iterdir() if not p.name.startswith("."))
-        scene_dirs = [p for p in children if p.is_dir() and (p / SCENE_JSON).is_file()]
-        files = [p for p in children if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES]
-        if not scene_dirs and not files:
-            raise InputError(f"source {str(src)!r} holds no scene folder (scene.json) and "
-                             "no layered file")
-        for child in scene_dirs:
-            shutil.copytree(child, name(child.name))
-        layered += files
-    if layered:
-        scenes, report = import_layered_files(layered)
-        warnings += [f"skipped {item.reason}" for item in report.skipped]
-        for scene in scenes:
-            write_scene_folder(scene, name(Path(str(scene.meta.get("source", "layered"))).stem))
+        if src.is_file() and src.suffix.lower() not in SUPPORTED_SUFFIXES:
+            raise InputError(f"source {str(src)!r} is neither a scene folder nor a "
+                             f"layered file ({', '.join(SUPPORTED_SUFFIXES)})")
+    empty = find_sources(sources)[1]
+    if empty:
+        raise InputError(f"source {empty[0]}")
+    checks = check_layered_files(sources) if sources else []
+    warnings = [f"skipped {item.reason}" for item in report_of(checks).skipped]
+    count = 0
+    for check in checks:
+        if check.scene is not None:
+            count += 1
+            write_scene_folder(check.scene, folder / f"{count:06d}-{check.name}")
     if synthetic:
         from dreamlayer_jax.data.synthetic import SyntheticSceneGenerator
 
         gen = SyntheticSceneGenerator(args.resolution or 64, args.max_foregrounds)
         for i in range(synthetic):
-            write_scene_folder(gen.sample((args.seed, stream, i)), name("synthetic"))
+            count += 1
+            write_scene_folder(gen.sample((args.seed, stream, i)),
+                               folder / f"{count:06d}-synthetic")
     return warnings
 
 
