@@ -55,7 +55,8 @@ export class Jobs {
     const active = jobs.filter((j) => j.status === "queued" || j.status === "running");
     const recent = jobs.filter((j) => !active.includes(j)).slice(-4).reverse();
     const rows = [...active, ...recent].map((job) => {
-      const state = job.status === "running" ? `running ${job.done}/${job.total || "?"}`
+      const running = job.done ? `running ${job.done}/${job.total}` : "starting (compiling)";
+      const state = job.status === "running" ? running
         : job.status === "queued" ? `queued (#${job.position} in line)` : job.status;
       const li = el("li", { class: `${job.status} ${job.client === clientId ? "mine" : ""}`, "data-job": job.id },
         el("div", {}, el("span", { class: "status", text: state }), " \u00b7 ", job.kind,
