@@ -32,7 +32,7 @@ clean:
 # The built-in model: a random init, training on synthetic scenes, then the export.
 # `make builtin` never deletes: it makes runs/builtin/init once and resumes the run in
 # runs/builtin (stop it any time, run it again); `make install-builtin` then copies the
-# export over the model shipped in dreamlayer_jax/builtin/ (an explicit, separate step).
+# export over the model shipped in dreamlayer_jax/builtin/box/ (an explicit, separate step).
 .PHONY: builtin install-builtin
 builtin: $(STAMP)
 	test -f runs/builtin/init/model_index.json || \
@@ -42,5 +42,5 @@ builtin: $(STAMP)
 install-builtin:
 	test -f runs/builtin/export/model_index.json || \
 		{ echo "error: no runs/builtin/export: run make builtin first" >&2; exit 2; }
-	rm -rf dreamlayer_jax/builtin && cp -r runs/builtin/export dreamlayer_jax/builtin
+	rm -rf dreamlayer_jax/builtin/box && cp -r runs/builtin/export dreamlayer_jax/builtin/box
 	@echo "installed runs/builtin/export as the built-in model (git diff --stat shows it)"

@@ -230,7 +230,7 @@ def token_lengths(n: int = 3000) -> None:
 
     from dreamlayer_jax.data.synthetic import SyntheticSceneGenerator
     from dreamlayer_jax.models.tokenizer import load_tokenizer
-    from dreamlayer_jax.pipeline.dreamlayer import builtin_model_path
+    from dreamlayer_jax.pipeline.builtin import builtin_model_path
 
     tokenizer = load_tokenizer(builtin_model_path())
     generator = SyntheticSceneGenerator(resolution=32, max_foregrounds=3, min_foregrounds=3)

@@ -1,11 +1,11 @@
 """The built-in model: a small DreamLayer trained from scratch on synthetic scenes.
 
-Reproduce the weights shipped in `dreamlayer_jax/builtin/` with `make builtin`, i.e.
+Reproduce the weights shipped in `dreamlayer_jax/builtin/box/` with `make builtin`, i.e.
 
     python -m dreamlayer_jax.cli.init_model configs/builtin.py runs/builtin/init
     python train.py --config configs/builtin.py --workdir runs/builtin \
         --set model=runs/builtin/init
-    # then `make install-builtin` copies runs/builtin/export to dreamlayer_jax/builtin/
+    # then `make install-builtin` copies runs/builtin/export to dreamlayer_jax/builtin/box/
 
 32x32 RGBA pixels (PixelCodec, pixel-unshuffled to 16x16x16 latents), up to 3
 foregrounds, its own word tokenizer and a 2-layer text encoder over the synthetic

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline, builtin_model_path
+from dreamlayer_jax.pipeline.builtin import builtin_model_path
+from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
 from dreamlayer_jax.pipeline.scene import Layer, Scene
 
 pytestmark = pytest.mark.skipif(not (builtin_model_path() / "model_index.json").is_file(),

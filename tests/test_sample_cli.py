@@ -81,10 +81,30 @@ def test_edit_uses_the_recorded_model_and_updates_the_global_prompt(tiny_model_d
 
 
 def test_builtin_model_is_recorded_by_name(tmp_path):
-    from dreamlayer_jax.pipeline.dreamlayer import builtin_model_path
+    from dreamlayer_jax.pipeline.builtin import builtin_model_path
     from dreamlayer_jax.pipeline.result import model_record
 
     assert model_record(str(builtin_model_path())) == {"model": "builtin"}
     assert model_record("builtin") == {"model": "builtin"}
     assert model_record("org/some-hub-model") == {"model": "org/some-hub-model"}
     assert model_record(str(tmp_path)) == {"model": str(tmp_path), "model_path": str(tmp_path)}
+
+
+def test_builtin_names_pick_a_variant_and_an_unknown_one_names_the_choices(tmp_path):
+    from dreamlayer_jax.errors import InputError
+    from dreamlayer_jax.pipeline.builtin import (
+        DEFAULT_VARIANT,
+        builtin_model_path,
+        builtin_name,
+        builtin_variant,
+    )
+    from dreamlayer_jax.pipeline.result import model_record
+
+    assert builtin_variant(None) == builtin_variant("builtin") == DEFAULT_VARIANT
+    assert builtin_variant("builtin:paper") == "paper" and builtin_variant("runs/x") is None
+    with pytest.raises(InputError, match="builtin:box, builtin:paper"):
+        builtin_variant("builtin:boxes")
+    assert builtin_name(builtin_model_path("paper").parent / "paper") in (None, "builtin:paper")
+    assert model_record("builtin:paper") == {"model": "builtin:paper"}
+    assert model_record(str(builtin_model_path())) == {"model": "builtin"}
+    assert builtin_name(tmp_path) is None

@@ -13,7 +13,7 @@ from dreamlayer_jax.errors import ConfigError
 from dreamlayer_jax.io.text_positions import extend_text_positions, text_length
 from dreamlayer_jax.models.clip import CLIPTextModel
 from dreamlayer_jax.models.tokenizer import load_tokenizer
-from dreamlayer_jax.pipeline.dreamlayer import builtin_model_path
+from dreamlayer_jax.pipeline.builtin import builtin_model_path
 
 ROOT = Path(__file__).resolve().parents[1]
 

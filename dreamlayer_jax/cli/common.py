@@ -112,8 +112,9 @@ def load_sampling_pipeline(args: argparse.Namespace) -> Any:
 
 def add_sampling_args(p: ArgumentParser) -> None:
     """The model and sampling flags of `sample.py` and `sample.py decompose`."""
-    p.add_argument("--model", default=None, help="model folder or hub id (default: the "
-                                                  "built-in model)")
+    p.add_argument("--model", default=None,
+                   help="model folder or hub id, or a built-in model: builtin (the "
+                        "default), builtin:box, builtin:paper")
     p.add_argument("--transparency", type=Path, default=None, metavar="PATH",
                    help="a transparent VAE decoder for latent-codec models: LayerDiffuse's "
                         "public file (or a convert_layerdiffuse folder), or one of ours "

@@ -116,22 +116,26 @@ def edit_parser() -> ArgumentParser:
 
 
 def recorded_model(folder: Path) -> str | None:
-    """The model scene.json records (None: the built-in model), as a loadable path or id:
-    its `"model_path"` (absolute) if that exists, else `"model"` as given."""
+    """The model scene.json records, as a loadable path or id: `"builtin"`,
+    `"builtin:paper"` ... as they are, else its `"model_path"` (absolute) if that
+    exists, else `"model"` as given."""
     try:
         record = json.loads((folder / "scene.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None  # the edit itself says what is wrong with the folder
     model = record.get("model") if isinstance(record, dict) else None
-    if not isinstance(model, str) or not model or model == "builtin":
+    if not isinstance(model, str) or not model:
         return None
-    from dreamlayer_jax.pipeline.dreamlayer import builtin_model_path
+    from dreamlayer_jax.pipeline.builtin import builtin_name, builtin_variant
+
+    if builtin_variant(model) is not None:
+        return model
 
     absolute = record.get("model_path")
     for candidate in (absolute, model):
         if isinstance(candidate, str) and Path(candidate).expanduser().exists():
             path = Path(candidate).expanduser()
-            return None if path.resolve() == builtin_model_path() else candidate
+            return builtin_name(path) or candidate
     if Path(model).is_absolute() or model.startswith("."):
         raise InputError(f"{folder}/scene.json records the model {model!r}, which is not "
                          "here: pass the model that made it with --model")

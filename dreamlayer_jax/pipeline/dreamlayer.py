@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -27,6 +26,7 @@ from dreamlayer_jax.io import resolve_model_folder
 from dreamlayer_jax.io.layerdiffuse import merge_layerdiffuse_attention
 from dreamlayer_jax.models.layer_unet import DreamLayerConfig, DreamLayerUNet
 from dreamlayer_jax.parallel.rules import layout, logical_sharding, replicated
+from dreamlayer_jax.pipeline.builtin import builtin_name, builtin_variant, bundled_builtin
 from dreamlayer_jax.pipeline.components import load_codec, load_dreamlayer_unet
 from dreamlayer_jax.pipeline.irh import (
     IRHSettings,
@@ -44,11 +44,6 @@ from dreamlayer_jax.schedulers.base import Scheduler
 from dreamlayer_jax.schedulers.factory import load_scheduler, scheduler_from_config
 
 GLOBAL_NOISE_SLOT = 1_000  # the global layer's noise stream, whatever the number of layers
-
-
-def builtin_model_path() -> Path:
-    """The small model trained by this project, shipped inside the package."""
-    return Path(__file__).resolve().parent.parent / "builtin"
 
 
 class DreamLayerPipeline:
@@ -97,15 +92,14 @@ class DreamLayerPipeline:
         bare file or a `convert_layerdiffuse` folder; `transparency_tta` its 8-way
         augmentation), `unet_patches` its SDXL attention LoRA / conv diff files, merged
         into the UNet (`io.layerdiffuse.merge_layerdiffuse_attention`)."""
-        # "builtin" (as scene.json records it) names the built-in model, unless a folder
-        # of that name is here
-        builtin = path is None or (str(path) == "builtin" and not Path("builtin").exists())
-        name = "builtin" if builtin else str(path)
-        if builtin:
-            path = builtin_model_path()
-            if not (path / "model_index.json").is_file():
-                raise InputError("the built-in model is not bundled with this version: "
-                                 "pass a model folder with --model")
+        # "builtin", "builtin:box", "builtin:paper" (as scene.json records them) name the
+        # built-in models, unless a folder of that name is here
+        variant = builtin_variant(path)
+        if variant is not None:
+            path = bundled_builtin(variant)
+            name = builtin_name(path) or "builtin"
+        else:
+            name = str(path)
         folder = resolve_model_folder(path)
         unet = load_dreamlayer_unet(folder, dtype, dreamlayer)
         for patch in unet_patches:

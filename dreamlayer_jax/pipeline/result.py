@@ -90,16 +90,21 @@ class LayeredResult:
 
 
 def model_record(model: Any, known_path: str | None = None) -> dict[str, Any]:
-    """scene.json's `"model"`, portable: `"builtin"` for the built-in model, otherwise
-    the path or hub id as given plus, for a local folder, `"model_path"` (absolute;
-    `known_path` when the record is carried over from a saved scene)."""
+    """scene.json's `"model"`, portable: `"builtin"` / `"builtin:paper"` ... for a
+    built-in model, otherwise the path or hub id as given plus, for a local folder,
+    `"model_path"` (absolute; `known_path` when the record is carried over from a saved
+    scene)."""
     if not isinstance(model, str) or not model:
         return {}
-    from dreamlayer_jax.pipeline.dreamlayer import builtin_model_path
+    from dreamlayer_jax.pipeline.builtin import builtin_name, builtin_variant
 
     path = Path(model).expanduser()
-    if model == "builtin" or (path.is_dir() and path.resolve() == builtin_model_path()):
-        return {"model": "builtin"}
+    variant = builtin_variant(model)
+    if variant is not None:
+        return {"model": model}
+    named = builtin_name(path)
+    if named is not None:
+        return {"model": named}
     if known_path:
         return {"model": model, "model_path": known_path}
     return {"model": model, **({"model_path": str(path.resolve())} if path.exists() else {})}
