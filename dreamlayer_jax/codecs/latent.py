@@ -51,7 +51,8 @@ class LatentCodec:
         shift = self.vae.config.shift_factor or 0.0
         return (z - shift) * self.vae.config.scaling_factor
 
-    def _unscale(self, z: jax.Array) -> jax.Array:
+    def unscale(self, z: jax.Array) -> jax.Array:
+        """Scaled latents `[N, h, w, c]` -> the VAE's own (what its decoder gets)."""
         shift = self.vae.config.shift_factor or 0.0
         return z / self.vae.config.scaling_factor + shift
 
@@ -65,12 +66,12 @@ class LatentCodec:
 
     def decode_rgb(self, latents: jax.Array) -> jax.Array:
         """The VAE's RGB `[N, H, W, 3]` in [0, 1] (premultiplied for a transparent layer)."""
-        return jnp.clip((self.vae.decode(self._unscale(latents)) + 1.0) / 2.0, 0.0, 1.0)
+        return jnp.clip((self.vae.decode(self.unscale(latents)) + 1.0) / 2.0, 0.0, 1.0)
 
     def decode(self, latents: jax.Array) -> jax.Array:
         rgb = self.decode_rgb(latents)
         if self.transparency is None:
             return jnp.concatenate([rgb, jnp.ones_like(rgb[..., :1])], axis=-1)
         if isinstance(self.transparency, LayerDiffuseTransparency):
-            return self.transparency.decode(rgb, self._unscale(latents))
+            return self.transparency.decode(rgb, self.unscale(latents))
         return self.transparency(latents, rgb)

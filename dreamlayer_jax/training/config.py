@@ -41,6 +41,12 @@ FIELD_HELP: dict[str, str] = {
     "dreamlayer": "DreamLayerConfig fields set on the model, e.g. {'lora_rank': 16} or "
                   "{'variant': 'paper'}",
     "mode": "'diffusion' (the layer UNet) or 'transparency' (the latent codec's alpha decoder)",
+    "transparency": "mode 'transparency': the decoder to train: '' = the model's "
+                    "transparency_decoder/; a path = start from that file (LayerDiffuse's "
+                    "vae_transparent_decoder.safetensors, a convert_layerdiffuse folder, an "
+                    "export); 'layerdiffuse' = a fresh LayerDiffuse decoder",
+    "transparency_config": "UNet1024Config fields of a fresh LayerDiffuse decoder "
+                           "(transparency='layerdiffuse'), e.g. {'block_out_channels': ...}",
     "curriculum": "(start_step, max_foregrounds) stages; () = every scene from the start",
     "seed": "seed of the initial state, noise, data order and augmentation",
     "num_steps": "optimizer steps of the whole run (a resumed run continues to it)",
@@ -97,6 +103,8 @@ class TrainConfig:
     max_layers: int = 0  # L_max of the batch; 0 = the model's max_layers
     dreamlayer: dict[str, Any] = field(default_factory=dict)  # DreamLayerConfig overrides
     mode: str = "diffusion"
+    transparency: str = ""  # mode "transparency": "" | a decoder file | "layerdiffuse"
+    transparency_config: dict[str, Any] = field(default_factory=dict)  # a fresh decoder's
     # (start_step, max_foregrounds) stages: from `start_step` on, scenes with at most
     # `max_foregrounds` foregrounds (input_pipeline.make_train_dataset); () = all scenes
     curriculum: tuple[tuple[int, int], ...] = ()
@@ -163,6 +171,10 @@ class TrainConfig:
             positive(name)
         if self.mode not in MODES:
             raise ConfigError(f"train config: mode={self.mode!r} must be one of {MODES}")
+        if self.transparency or self.transparency_config:
+            from dreamlayer_jax.training.transparency import check_transparency_fields
+
+            check_transparency_fields(self)
         if self.train_params not in TRAIN_PARAMS:
             raise ConfigError(f"train config: train_params={self.train_params!r} must be "
                               f"one of {TRAIN_PARAMS}")

@@ -53,7 +53,13 @@ from dreamlayer_jax.training.step import (
     state_shardings,
 )
 from dreamlayer_jax.training.throughput import StepMeter, format_throughput
-from dreamlayer_jax.training.transparency import make_transparency_loss_fn, transparency_codec
+from dreamlayer_jax.training.transparency import (
+    make_transparency_loss_fn,
+    save_transparency,
+    start_path,
+    trained_module,
+    transparency_codec,
+)
 
 COPIED_PARTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler",
                 "vae", "transparency_decoder", "model_index.json")
@@ -114,7 +120,8 @@ class Trainer:
         self.progress_stream = progress_stream  # the progress bar's stream (default stderr)
         self.base_folder = resolve_model_folder(cfg.model)
         self.pipe = DreamLayerPipeline.from_pretrained(self.base_folder,
-                                                       dreamlayer=cfg.dreamlayer)
+                                                       dreamlayer=cfg.dreamlayer,
+                                                       transparency=start_path(cfg))
         self._check_conditioning()
         self.max_layers = cfg.max_layers or self.pipe.config.max_layers
         if mesh is None:
@@ -139,9 +146,9 @@ class Trainer:
 
         # the trained module: the DreamLayerUNet, or the codec's transparency decoder
         if cfg.mode == "transparency":
-            codec = transparency_codec(self.pipe.codec, cfg.model)
-            self.model_graph, params = nnx.split(codec.transparency)
-            loss_fn = make_transparency_loss_fn(self.model_graph, codec)
+            self.transparency_codec = transparency_codec(self.pipe.codec, cfg)
+            self.model_graph, params = nnx.split(trained_module(self.transparency_codec))
+            loss_fn = make_transparency_loss_fn(self.model_graph, self.transparency_codec)
         else:
             self.model_graph, params = nnx.split(self.pipe.unet)
         conditioner = self.pipe.conditioner
@@ -310,7 +317,7 @@ class Trainer:
 
     # -- outputs ---------------------------------------------------------------------
     def ema_model(self, state: TrainState):
-        """The trained module (DreamLayerUNet, or TransparencyDecoder in mode
+        """The trained module (DreamLayerUNet, or the transparency decoder in mode
         "transparency") with the EMA weights, gathered to every process."""
         ema = jax.tree.map(np.asarray, multihost_utils.process_allgather(state.ema, tiled=True))
         return nnx.merge(self.model_graph, ema_weights(ema, self._host_params))
@@ -324,7 +331,7 @@ class Trainer:
             return folder
         copied = COPIED_PARTS
         if self.cfg.mode == "transparency":
-            model.save_pretrained(folder / "transparency_decoder")
+            save_transparency(model, self.transparency_codec, folder / "transparency_decoder")
             copied = (*(p for p in COPIED_PARTS if p != "transparency_decoder"),
                       "unet", DREAMLAYER)
         else:
