@@ -92,3 +92,17 @@ def test_the_projects_own_decoder_is_refused_by_the_plain_pipeline(files, tmp_pa
     random_init(lambda: TransparencyDecoder(config, rngs=nnx.Rngs(0)), 0).save_pretrained(own)
     with pytest.raises(ConfigError, match="LayerDiffuse's"):
         StableDiffusionPipeline.from_pretrained(files["folder"], transparency=own)
+
+
+def test_dreamlayer_pipeline_takes_the_same_files(files):
+    """DreamLayer's pipeline on the same SDXL folder: the patches merge into its base UNet
+    as in the plain pipeline, and its codec decodes through LayerDiffuse's decoder."""
+    from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
+
+    plain = StableDiffusionPipeline.from_pretrained(files["folder"],
+                                                    unet_patches=files["patches"])
+    pipe = DreamLayerPipeline.from_pretrained(
+        files["folder"], transparency=files["root"] / "constant", unet_patches=files["patches"])
+    assert pipe.codec.transparency_mode == "layerdiffuse"
+    np.testing.assert_array_equal(np.asarray(pipe.unet.unet.conv_in.kernel[...]),
+                                  np.asarray(plain.unet.conv_in.kernel[...]))
