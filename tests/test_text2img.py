@@ -92,14 +92,18 @@ def sdxl_pipe(tmp_path_factory):
 
 def test_sd_sample_shape_determinism_and_one_compilation(sd_pipe):
     prompts = ["a red cat", "a blue dog on a sofa"]
+    # the jit cache is shared by every jitted copy of the function in this process (other
+    # test files' pipelines may have filled it): count what this test adds
+    before = sd_pipe.generate_fn._cache_size()
     first = sd_pipe(prompts, num_inference_steps=4, seed=1)
     assert first.shape == (2, 16, 16, 3) and first.dtype == np.uint8
-    assert sd_pipe.generate_fn._cache_size() == 1
+    compiled = sd_pipe.generate_fn._cache_size()
+    assert compiled - before <= 1
     again = sd_pipe(prompts, num_inference_steps=4, seed=1)
     np.testing.assert_array_equal(first, again)
     other = sd_pipe(prompts, num_inference_steps=4, seed=2, guidance_scale=3.0)
     assert not np.array_equal(first, other)
-    assert sd_pipe.generate_fn._cache_size() == 1  # new seed and guidance: no recompile
+    assert sd_pipe.generate_fn._cache_size() == compiled  # new seed and guidance: no recompile
     assert not np.array_equal(first[0], first[1])  # each prompt its own image
 
 
