@@ -14,6 +14,7 @@ time JAX took to lower and compile.
     python benchmarks/unet_vs_diffusers.py --vae --repeats 5     # + the small VAE decoder
     python benchmarks/unet_vs_diffusers.py --config sd15 --vae   # SD1.5's architecture
     python benchmarks/unet_vs_diffusers.py --config all --vae
+    python benchmarks/unet_vs_diffusers.py --config sd15 --vae-only   # SD's VAE decoder alone
 
 Configs: `small`: UNet block_out_channels (32, 64), 1 layer per block, cross-attention
 dim 32, 16x16x4 latents; VAE (32, 64), 8 groups, 32x32 latents -> 64x64 pixels.
@@ -177,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", choices=["small", "sd15", "all"], default="small")
     parser.add_argument("--vae", action="store_true", help="add the VAE decoder")
+    parser.add_argument("--vae-only", action="store_true", help="the VAE decoder alone")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--torch-threads", type=int, default=os.cpu_count() or 1,
                         help="torch.set_num_threads (default: os.cpu_count())")
@@ -193,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            builders = [unet_case] + ([vae_case] if args.vae else [])
+            builders = ([] if args.vae_only else [unet_case]) + (
+                [vae_case] if args.vae or args.vae_only else [])
             for build in builders:
                 folder = Path(tmp) / f"{name}-{build.__name__}"
                 rows.append(compare(build(torch, diffusers, name, folder), args.repeats))

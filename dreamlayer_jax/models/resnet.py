@@ -11,14 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dreamlayer_jax.models.group_norm import GroupNorm
+
 
 def group_norm(
     channels: int, groups: int, eps: float, *, rngs: nnx.Rngs, dtype: jnp.dtype
-) -> nnx.GroupNorm:
-    """A `GroupNorm` over the last axis computing its variance like `torch.nn.GroupNorm`."""
-    return nnx.GroupNorm(
-        channels, num_groups=groups, epsilon=eps, use_fast_variance=False, dtype=dtype, rngs=rngs
-    )
+) -> GroupNorm:
+    """A `GroupNorm` over the last axis like `torch.nn.GroupNorm` (one pass over the data
+    for its statistics, `models.group_norm`)."""
+    return GroupNorm(channels, num_groups=groups, epsilon=eps, dtype=dtype, rngs=rngs)
 
 
 def conv2d(

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dreamlayer_jax.errors import ConfigError
+from dreamlayer_jax.models.group_norm import GroupNorm
 
 EPS = 1e-6  # diffusers builds every VAE norm with eps=1e-6
 
@@ -37,10 +38,10 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
         ) from None
 
 
-def group_norm(channels: int, groups: int, *, rngs: nnx.Rngs, dtype: jnp.dtype) -> nnx.GroupNorm:
-    """A GroupNorm over `[N, H, W, C]` like torch's (two-pass variance, eps 1e-6)."""
-    return nnx.GroupNorm(channels, num_groups=groups, epsilon=EPS, use_fast_variance=False,
-                         dtype=dtype, rngs=rngs)
+def group_norm(channels: int, groups: int, *, rngs: nnx.Rngs, dtype: jnp.dtype) -> GroupNorm:
+    """A GroupNorm over `[N, H, W, C]` like torch's (eps 1e-6; one pass over the data for
+    its statistics, `models.group_norm`)."""
+    return GroupNorm(channels, num_groups=groups, epsilon=EPS, dtype=dtype, rngs=rngs)
 
 
 def conv3x3(c_in: int, c_out: int, *, rngs: nnx.Rngs, dtype: jnp.dtype, stride: int = 1,
