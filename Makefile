@@ -29,18 +29,41 @@ lint: $(STAMP)
 clean:
 	rm -rf $(VENV) .jax_cache .pytest_cache
 
-# The built-in model: a random init, training on synthetic scenes, then the export.
-# `make builtin` never deletes: it makes runs/builtin/init once and resumes the run in
-# runs/builtin (stop it any time, run it again); `make install-builtin` then copies the
-# export over the model shipped in dreamlayer_jax/builtin/box/ (an explicit, separate step).
-.PHONY: builtin install-builtin
+# The built-in models. `make builtin` trains v1 from a random init (configs/builtin.py);
+# `make builtin-v2` and `make builtin-paper` continue v1's export as the box and the paper
+# variant (configs/builtin_v2.py, configs/builtin_paper.py). None of them deletes: each
+# makes its init folder once and resumes its run (stop it any time, run it again).
+# `make install-builtin` then copies the exports over the models shipped in
+# dreamlayer_jax/builtin/<box|paper>/ (an explicit, separate step).
+.PHONY: builtin builtin-v2 builtin-paper install-builtin
 builtin: $(STAMP)
 	test -f runs/builtin/init/model_index.json || \
 		$(BIN)/python -m dreamlayer_jax.cli.init_model configs/builtin.py runs/builtin/init
 	$(BIN)/python train.py --config configs/builtin.py --workdir runs/builtin --resume
 
+runs/builtin/export/model_index.json:
+	@echo "error: no runs/builtin/export (v1): run make builtin first" >&2; exit 2
+
+builtin-v2: $(STAMP) runs/builtin/export/model_index.json
+	test -f runs/builtin_v2/init/model_index.json || \
+		$(BIN)/python -m dreamlayer_jax.cli.init_model configs/builtin_v2.py runs/builtin_v2/init \
+			--base runs/builtin/export
+	$(BIN)/python train.py --config configs/builtin_v2.py --workdir runs/builtin_v2 --resume
+
+builtin-paper: $(STAMP) runs/builtin/export/model_index.json
+	test -f runs/builtin_paper/init/model_index.json || \
+		$(BIN)/python -m dreamlayer_jax.cli.init_model configs/builtin_paper.py \
+			runs/builtin_paper/init --base runs/builtin/export
+	$(BIN)/python train.py --config configs/builtin_paper.py --workdir runs/builtin_paper --resume
+
+# box: v2's export if there is one, else v1's; paper: its export if there is one
 install-builtin:
-	test -f runs/builtin/export/model_index.json || \
-		{ echo "error: no runs/builtin/export: run make builtin first" >&2; exit 2; }
-	rm -rf dreamlayer_jax/builtin/box && cp -r runs/builtin/export dreamlayer_jax/builtin/box
-	@echo "installed runs/builtin/export as the built-in model (git diff --stat shows it)"
+	@box=runs/builtin_v2/export; test -f $$box/model_index.json || box=runs/builtin/export; \
+	test -f $$box/model_index.json || \
+		{ echo "error: no runs/builtin_v2/export or runs/builtin/export: run make builtin first" >&2; exit 2; }; \
+	rm -rf dreamlayer_jax/builtin/box && cp -r $$box dreamlayer_jax/builtin/box && \
+	echo "installed $$box as builtin:box"; \
+	if test -f runs/builtin_paper/export/model_index.json; then \
+		rm -rf dreamlayer_jax/builtin/paper && \
+		cp -r runs/builtin_paper/export dreamlayer_jax/builtin/paper && \
+		echo "installed runs/builtin_paper/export as builtin:paper"; fi

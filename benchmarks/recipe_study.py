@@ -116,6 +116,9 @@ def train_overrides(name: str, args: argparse.Namespace, workdir: Path) -> list[
         "model": str(workdir / "init"), "num_steps": args.steps, "batch_size": args.batch,
         "synthetic_scenes": args.train_scenes, "warmup_steps": min(100, args.steps // 10),
         "ema_decay": args.ema_decay,
+        # the v1 recipe's schedule (configs/builtin.py); builtin_v2.py's own (a constant
+        # rate, for continuing v1's weights) is not what the recipes compare
+        "learning_rate": 1e-3, "end_lr_ratio": 0.05,
         "checkpoint_every": args.checkpoint_every, "log_every": 25, "progress": False,
         **RECIPES[name]["train"]}
     return [f"{key}={value!r}" if not isinstance(value, str) else f"{key}={value}"
@@ -177,11 +180,14 @@ def evaluate_recipe(name: str, args: argparse.Namespace, model: Path | None = No
 
 
 def table(root: Path, names: Sequence[str] | None = None) -> str:
-    """The markdown table of every recipe with an eval.json (in `RECIPES` order)."""
+    """The markdown table of every recipe with an eval.json (in `RECIPES` order), then
+    the models evaluated under other names (`--model`), sorted."""
     from dreamlayer_jax.eval.evaluate import STUDY_MEASURES, cell
 
     rows = []
-    names = list(names or [n for n in [*RECIPES, "shipped v1"] if (root / n).is_dir()])
+    others = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in RECIPES) \
+        if root.is_dir() else []
+    names = list(names or [n for n in [*RECIPES, *others] if (root / n / "eval.json").is_file()])
     header = ["recipe", "steps x batch", "train min", *(t for t, _ in STUDY_MEASURES.values())]
     rows.append("| " + " | ".join(header) + " |")
     rows.append("|" + "---|" * len(header))

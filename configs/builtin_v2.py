@@ -1,22 +1,26 @@
-"""The built-in model, v2 (issue #15): `configs/builtin.py` with room for every prompt.
+"""The built-in model, v2 (issue #15): v1's weights, room for every prompt, trained on.
 
-`configs/builtin.py` reproduces the shipped model and is left as it is (its folder keeps
-its 32-token tokenizer and text encoder, so it loads unchanged). New models start here:
+`configs/builtin.py` reproduces v1 (1500 steps from a random init) and keeps its 32 text
+positions. v2 starts from v1's export with 64 text positions and trains on at a constant
+learning rate (`make builtin-v2`, after `make builtin`):
 
-    python -m dreamlayer_jax.cli.init_model configs/builtin_v2.py runs/builtin_v2/init
-    python train.py --config configs/builtin_v2.py --workdir runs/builtin_v2
+    python -m dreamlayer_jax.cli.init_model configs/builtin_v2.py runs/builtin_v2/init \
+        --base runs/builtin/export
+    python train.py --config configs/builtin_v2.py --workdir runs/builtin_v2 --resume
 
-The one architectural change is the text length. The word tokenizer written by
-`init_model` does not keep every word whole (BPE merges from shorter words win, e.g.
-"orange" -> "or an g e"), so a 3-foreground global prompt takes up to 46 tokens with
-[SOS] and [EOS] (median 29; 22% of 3-foreground prompts were cut at 32), and the paper
-variant's global slot, [SOS] + background + 3 foreground prompts + [EOS], up to 41
-(measured over 3000 scenes, `benchmarks/recipe_study.py --token-lengths`). 64 positions
-hold both with room.
+Text length: the word tokenizer does not keep every word whole (BPE merges from shorter
+words win, e.g. "orange" -> "or an g e"), so a 3-foreground global prompt takes up to 46
+tokens with [SOS] and [EOS] (median 29; 22% of 3-foreground prompts were cut at 32), and
+the paper variant's global slot, [SOS] + background + 3 foreground prompts + [EOS], up
+to 41 (3000 scenes, `benchmarks/recipe_study.py --token-lengths`). `init_model --base`
+appends the 32 new position rows; CLIP's causal attention reads prompts that fit 32
+exactly as v1 did (`io/text_positions.py`).
 
-The recipe (objective, schedule, width, learning rate) is the one the recipe study in
-docs/BUILTIN.md selects; `RECIPE_OVERRIDES` in `benchmarks/recipe_study.py` holds the
-alternatives it compared.
+Why v1's recipe and weights: the recipe study (docs/BUILTIN.md) found the noise of the
+samples in the denoiser's training, not in the layering or the schedule, so v2 spends
+the compute on more steps of the same recipe rather than on a fresh start: learning
+rate 5e-4 after a 50-step warm-up, constant (so a run can be extended with `--resume
+--set num_steps=N`), EMA 0.998, 16,384 in-memory scenes.
 """
 
 from __future__ import annotations
@@ -47,4 +51,7 @@ ARCHITECTURE["text_encoder"]["max_position_embeddings"] = MAX_TOKENS
 
 
 def get_config() -> dict[str, Any]:
-    return {**_V1.get_config(), "model": _V1.repo_path("runs/builtin_v2/init")}
+    return {**_V1.get_config(), "model": _V1.repo_path("runs/builtin_v2/init"),
+            "num_steps": 1000, "learning_rate": 5e-4, "warmup_steps": 50, "end_lr_ratio": 1.0,
+            "ema_decay": 0.998, "synthetic_scenes": 16384, "checkpoint_every": 50,
+            "keep_checkpoints": 2}

@@ -1,0 +1,47 @@
+"""The built-in model, paper variant (issue #15): v1's weights as DreamLayer's paper states it.
+
+The same start as `configs/builtin_v2.py` (v1's export with 64 text positions), loaded
+as the paper variant: its parts start fresh (zero layer assign embedding, the context-aware
+layers' zero head, foreground K/V copied from the shared K/V), so at step 0 it computes
+what the box model without boxes computes. Trained with the paper's context-map and
+layout losses (weights 1, 1) besides the v-prediction loss, every parameter trained
+(the paper trains K/V only because its base model is a pretrained SD; this one is ours).
+Context-aware layers sized for a 64-wide text encoder: 1 layer, width 32, 2 heads.
+
+    python -m dreamlayer_jax.cli.init_model configs/builtin_paper.py runs/builtin_paper/init \
+        --base runs/builtin/export
+    python train.py --config configs/builtin_paper.py --workdir runs/builtin_paper --resume
+
+(`make builtin-paper`, after `make builtin`.)
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+PAPER = {"variant": "paper", "context_width": 32, "context_heads": 2, "context_layers": 1}
+
+
+def _v2() -> Any:
+    """configs/builtin_v2.py as a module (configs/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("_builtin_v2",
+                                                  Path(__file__).with_name("builtin_v2.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_V2 = _v2()
+RESOLUTION: int = _V2.RESOLUTION
+
+ARCHITECTURE: dict[str, Any] = copy.deepcopy(_V2.ARCHITECTURE)
+ARCHITECTURE["dreamlayer"].update(PAPER)
+
+
+def get_config() -> dict[str, Any]:
+    return {**_V2.get_config(), "model": _V2._V1.repo_path("runs/builtin_paper/init"),
+            "dreamlayer": dict(PAPER), "context_loss_weight": 1.0, "layout_loss_weight": 1.0}
