@@ -18,7 +18,8 @@ from tiny_model import small_train_fields, write_small_train_model
 
 from dreamlayer_jax.training.checkpoint import Checkpointer
 
-STEPS = 8
+STEPS = 6
+KILLS = 2  # runs killed at random moments before one is let finish
 
 # The real train CLI; the test's hook (after each complete checkpoint: print the losses
 # so far, and from `fill_disk_after` on let no file grow past 1 KiB, i.e. a full disk)
@@ -83,7 +84,7 @@ def _losses(stdout: str) -> dict[int, float]:
 
 def test_random_sigkills_always_resume_from_a_complete_checkpoint(model):
     model, root = model
-    reference = _start(model, root / "reference", root)
+    reference = _start(model, root / "reference", root, export=False)
     out, err = reference.communicate(timeout=600)
     assert reference.returncode == 0, err[-2000:]
     want = _losses(out)
@@ -91,9 +92,9 @@ def test_random_sigkills_always_resume_from_a_complete_checkpoint(model):
 
     rng = np.random.default_rng(0)
     workdir, seen, kills = root / "killed", {}, 0
-    for _ in range(6):  # kill up to 3 runs at random moments, then let one finish
-        child = _start(model, workdir, root)
-        if kills < 3:
+    for _ in range(2 * KILLS):  # kill up to KILLS runs at random moments, then let one finish
+        child = _start(model, workdir, root, export=False)
+        if kills < KILLS:
             # wait for the first checkpoint of this run (compiling is over), then a
             # random delay inside the remaining steps: often mid-save (one per step)
             line = child.stdout.readline()  # past the trainer's own lines (resumed, logs)
@@ -135,7 +136,7 @@ def test_disk_full_during_a_save_exits_2_and_keeps_the_previous_checkpoint(model
     assert Checkpointer(workdir).latest_step() == 2
     assert sorted(_losses(out)) == [1, 2]
     # the kept checkpoint still restores: a resumed run finishes from it
-    resumed = _start(model, workdir, root)
+    resumed = _start(model, workdir, root, export=False)
     out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err[-2000:]
     assert sorted(_losses(out)) == list(range(3, STEPS + 1))
