@@ -7,8 +7,9 @@
 
 SRC: scene folders (a folder with scene.json: `sample.py` results too, one scene
 each), layered files (.psd, .psb, .ora) and folders of them (searched recursively, as
-`import_layers` does), and `--synthetic N` generated scenes, mixed freely. Every scene is first written as a scene folder under
-DIR/scenes/ (kept: it is the dataset's source, and what a rebuild reads), then packed
+`import_layers` does), and `--synthetic N` generated scenes, mixed freely. Every scene
+is first written as a scene folder under DIR/scenes/ (kept: it is the dataset's source,
+and what a rebuild reads), then packed
 into DIR/dreamlayer_scenes/<config>/1.0.0/. `data_dir` accepts DIR or that folder.
 Unreadable or refused inputs are skipped with one warning line each; the libraries'
 messages go to DIR/build.log.
