@@ -18,24 +18,15 @@ Context-aware layers sized for a 64-wide text encoder: 1 layer, width 32, 2 head
 from __future__ import annotations
 
 import copy
-import importlib.util
 from pathlib import Path
 from typing import Any
+
+from dreamlayer_jax.training.config import load_config_module
 
 PAPER = {"variant": "paper", "context_width": 32, "context_heads": 2, "context_layers": 1}
 
 
-def _v2() -> Any:
-    """configs/builtin_v2.py as a module (configs/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("_builtin_v2",
-                                                  Path(__file__).with_name("builtin_v2.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_V2 = _v2()
+_V2 = load_config_module(Path(__file__).with_name("builtin_v2.py"))
 RESOLUTION: int = _V2.RESOLUTION
 
 ARCHITECTURE: dict[str, Any] = copy.deepcopy(_V2.ARCHITECTURE)

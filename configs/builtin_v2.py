@@ -26,24 +26,15 @@ rate 5e-4 after a 50-step warm-up, constant (so a run can be extended with `--re
 from __future__ import annotations
 
 import copy
-import importlib.util
 from pathlib import Path
 from typing import Any
+
+from dreamlayer_jax.training.config import load_config_module
 
 MAX_TOKENS = 64
 
 
-def _v1() -> Any:
-    """configs/builtin.py as a module (configs/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("_builtin_v1",
-                                                  Path(__file__).with_name("builtin.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_V1 = _v1()
+_V1 = load_config_module(Path(__file__).with_name("builtin.py"))
 RESOLUTION: int = _V1.RESOLUTION
 
 ARCHITECTURE: dict[str, Any] = copy.deepcopy(_V1.ARCHITECTURE)

@@ -72,23 +72,6 @@ def synthetic_words(num_scenes: int = 2000, seed: int = 0) -> list[str]:
     return sorted(words)
 
 
-def load_module(path: Path) -> Any:
-    """The config file as a module (a ConfigError when missing or broken)."""
-    import importlib.util
-
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    spec = importlib.util.spec_from_file_location(f"_arch_{path.stem}", path)
-    if spec is None or spec.loader is None:
-        raise ConfigError(f"config file {path} cannot be loaded")
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:  # a broken config file is a user error
-        raise ConfigError(f"config file {path} failed to load: {exc}") from exc
-    return module
-
-
 def from_base(base: str, out: Path, dreamlayer: dict[str, Any],
               text_length: int | None = None) -> None:
     """`base` with the config's DreamLayer fields, written as a model folder; with
@@ -130,7 +113,9 @@ def _main(argv: list[str] | None) -> int:
                    help="start from this model folder or hub id instead of random weights")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     args = p.parse_args(argv)
-    module = load_module(args.config)
+    from dreamlayer_jax.training.config import load_config_module
+
+    module = load_config_module(args.config)
     values = dict(module.get_config()) if hasattr(module, "get_config") else {}
     dreamlayer = dict(values.get("dreamlayer") or {})
     arch = getattr(module, "ARCHITECTURE", None)

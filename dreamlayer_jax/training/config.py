@@ -271,17 +271,26 @@ def parse_overrides(pairs: Sequence[str | Sequence[str]]) -> dict[str, Any]:
     return out
 
 
-def config_file_values(path: str | os.PathLike) -> dict[str, Any]:
-    """The fields `path`'s `get_config()` returns, as a dict."""
+def load_config_module(path: str | os.PathLike) -> Any:
+    """A configs/*.py file as a module (configs/ is not a package; configs that build on
+    another load it with this too); a ConfigError when missing or broken."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     spec = importlib.util.spec_from_file_location(f"_dreamlayer_config_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"config file {path} cannot be loaded")
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # a broken config file is a user error
         raise ConfigError(f"config file {path} failed to load: {exc}") from exc
+    return module
+
+
+def config_file_values(path: str | os.PathLike) -> dict[str, Any]:
+    """The fields `path`'s `get_config()` returns, as a dict."""
+    module = load_config_module(path)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path} defines no get_config()")
     base = module.get_config()
