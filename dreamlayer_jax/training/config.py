@@ -64,6 +64,8 @@ FIELD_HELP: dict[str, str] = {
     "compute_dtype": "'float32' or 'bfloat16' (bf16 compute, f32 master weights)",
     "prediction_type": "'epsilon' | 'v_prediction' | 'sample'; empty = the scheduler's",
     "min_snr_gamma": "min-SNR loss weighting gamma; 0 = off",
+    "timestep_range": "(low, high): train on timesteps low <= t < high only (a noise-level "
+                      "expert, e.g. (0, 250) to fine-tune the low-noise steps); (0, 0) = all",
     "role_loss_weights": "loss weights of (background, foregrounds, global)",
     "flip_prob": "probability of a horizontal flip of a training scene",
     "prompt_dropout": "probability of dropping a prompt (classifier-free guidance)",
@@ -126,6 +128,7 @@ class TrainConfig:
     # objective
     prediction_type: str = ""  # "" = the scheduler's
     min_snr_gamma: float = 0.0  # 0 = off
+    timestep_range: tuple[int, int] = (0, 0)  # low <= t < high; (0, 0) = every timestep
     role_loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # bg, fg, global
     flip_prob: float = 0.5
     prompt_dropout: float = 0.1
@@ -190,6 +193,10 @@ class TrainConfig:
             raise ConfigError("train config: learning_rate must be > 0 and end_lr_ratio in [0, 1]")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"train config: ema_decay={self.ema_decay} must lie in [0, 1)")
+        low, high = self.timestep_range
+        if (low, high) != (0, 0) and not 0 <= low < high:
+            raise ConfigError(f"train config: timestep_range={self.timestep_range!r} must be "
+                              "(low, high) with 0 <= low < high, or (0, 0) for all timesteps")
         if self.warmup_steps < 0 or self.sample_every < 0 or self.min_snr_gamma < 0:
             raise ConfigError("train config: warmup_steps, sample_every and min_snr_gamma "
                               "must be >= 0")

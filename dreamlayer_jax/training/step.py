@@ -30,6 +30,7 @@ from jax.sharding import Mesh, NamedSharding
 from dreamlayer_jax.attention.context import LayerContext, make_roles
 from dreamlayer_jax.attention.masks import ROLE_FOREGROUND
 from dreamlayer_jax.data.batch import FULL_BOX
+from dreamlayer_jax.errors import ConfigError
 from dreamlayer_jax.parallel.rules import layout, logical_sharding, param_shardings, replicated
 from dreamlayer_jax.pipeline.paper_prompts import LayerTokens, concat_layer_tokens, prompt_lengths
 from dreamlayer_jax.pipeline.text_conditioning import (
@@ -178,6 +179,10 @@ def make_loss_fn(cfg: TrainConfig, unet_graph: nnx.GraphDef,
     """
     prediction_type = cfg.prediction_type or sched.config.prediction_type
     num_train_timesteps = int(sched.config.num_train_timesteps)
+    t_low, t_high = cfg.timestep_range if cfg.timestep_range[1] else (0, num_train_timesteps)
+    if t_high > num_train_timesteps:
+        raise ConfigError(f"train config: timestep_range={cfg.timestep_range!r} reaches past "
+                          f"the scheduler's {num_train_timesteps} timesteps")
     compute_dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
     paper = paper_special_ids is not None
     layer_mesh = mesh if mesh is not None and mesh.shape["layer"] > 1 else None
@@ -211,7 +216,7 @@ def make_loss_fn(cfg: TrainConfig, unet_graph: nnx.GraphDef,
         b, num_layers = layer_valid.shape
         x0, text, added, tokens, alphas, token_count = conditioning(text_params, batch)
         key_t, key_noise = jax.random.split(key)
-        t = jax.random.randint(key_t, (b,), 0, num_train_timesteps)  # one t per scene
+        t = jax.random.randint(key_t, (b,), t_low, t_high)  # one t per scene
         noise = jax.random.normal(key_noise, x0.shape, jnp.float32)
         x_t = add_noise(sched, x0, noise, t)
         target = get_target(sched, x0, noise, t, prediction_type)
