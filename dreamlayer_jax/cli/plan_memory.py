@@ -14,7 +14,11 @@ state (params, grads, Adam, EMA, text encoders) is exact from shapes. The tempor
   from the traced gradient at the target size (`memory_plan.residual_bytes`, no
   compile; seconds to minutes for SD1.5 / SDXL), at batch 1 and 2 of the smallest latent
   side (the batch-independent part: the bf16 weight copy) and at batch 1 of the target:
-  linear in the batch per device, exact in layers and pixels;
+  linear in the batch per device, exact in layers and pixels.
+  With `--depth extrapolate` (default) each trace is of UNets whose transformers are 1
+  layer deep, and one level at a time 2 deep, extrapolated linearly in each level's
+  transformer layers (exact for SD1.5, whose depth is 1; SDXL's 70 layers from 3 traces
+  of 11-15: `benchmarks/memory_plan_depth.py` checks it against the whole trace);
 - `--method compile`: the real step compiled on this CPU at two small latent sides and
   extrapolated linearly in batch x layers x latent pixels, a third compiled size (batch
   2) checking the line (`memory_plan.TempFit`); slow for SD1.5 / SDXL on a small CPU,
@@ -123,35 +127,72 @@ def gib(n: float) -> str:
 
 
 class TraceTemps:
-    """Temporaries per device from traced residuals (`--method trace`), cached per size."""
+    """Temporaries per device from traced residuals (`--method trace`), cached per size;
+    `flash`: without the xla attention's kept scores."""
 
     def __init__(self, spec: Any, train_params: str, state: Any, say=print,
-                 flash: bool = False) -> None:
+                 flash: bool = False, by_depth: bool = True) -> None:
         self.spec, self.train_params, self.say, self.cache = spec, train_params, say, {}
-        self.flash = flash
-        one, two = self.residuals(1, 3, 8), self.residuals(2, 3, 8)
-        self.fixed = max(2 * one - two, 0)  # batch-independent: the bf16 weight copy
+        self.flash, self.by_depth = flash, by_depth
         self.state1 = state
 
-    def residuals(self, batch: int, layers: int, latent: int) -> int:
+    def split(self, batch: int, layers: int, latent: int) -> dict[str, int]:
         from dreamlayer_jax.training import memory_plan as mp
 
         key = (batch, layers, latent)
         if key not in self.cache:
             start = time.perf_counter()
-            split = mp.residual_split(self.spec, self.train_params, *key)
-            self.cache[key] = split["total"] - (split["scores"] if self.flash else 0)
+            trace = mp.residual_split_by_depth if self.by_depth else mp.residual_split
+            split = trace(self.spec, self.train_params, *key)
+            self.cache[key] = split
             self.say(f"  traced B={batch} L={layers} {latent}x{latent}: residuals "
                      f"{gib(split['total'])} GiB, of which attention scores "
                      f"{gib(split['scores'])} GiB ({time.perf_counter() - start:.0f} s)")
         return self.cache[key]
 
-    def line(self, layers: int, latent: int) -> Any:
+    def residuals(self, batch: int, layers: int, latent: int,
+                  flash: bool | None = None) -> int:
+        split = self.split(batch, layers, latent)
+        flash = self.flash if flash is None else flash
+        return split["total"] - (split["scores"] if flash else 0)
+
+    def fixed(self, flash: bool | None = None) -> int:
+        """Batch-independent (the bf16 weight copy): from batch 1 and 2 at 8x8, 3 layers."""
+        one, two = self.residuals(1, 3, 8, flash), self.residuals(2, 3, 8, flash)
+        return max(2 * one - two, 0)
+
+    def line(self, layers: int, latent: int, flash: bool | None = None) -> Any:
         """`TempFit` in units of this (layers, latent): temporaries = fixed + per scene."""
         from dreamlayer_jax.training import memory_plan as mp
 
-        per_scene = self.residuals(1, layers, latent) - self.fixed
-        return mp.TempFit(float(self.fixed), per_scene / mp.units(1, layers, latent), ())
+        fixed = self.fixed(flash)
+        per_scene = self.residuals(1, layers, latent, flash) - fixed
+        return mp.TempFit(float(fixed), per_scene / mp.units(1, layers, latent), ())
+
+
+def summary_rows(spec: Any, states: dict[int, Any], temps: TraceTemps, label: str,
+                 flash: bool) -> list[list[str]]:
+    """docs/PERFORMANCE.md's rows: per (px, L), the state per chip on 1 / 8 / 64 chips,
+    the temporaries of one scene per chip and the largest batch per chip on v5e / v5p /
+    H100 at 1 / 8 / 64 chips (fsdp over all)."""
+    from dreamlayer_jax.training import memory_plan as mp
+
+    rows = []
+    for px in (512, 1024):
+        for layers in (4, 5):
+            line = temps.line(layers, px // 8, flash)
+            most = [" / ".join(str(mp.largest_batch(spec, line, states[n], layers, px // 8,
+                                                   mp.DEVICE_MEMORY[dev]))
+                               for n in (1, 8, 64)) for dev in ("v5e", "v5p", "h100")]
+            rows.append([label, str(px), str(layers),
+                         " / ".join(f"{states[n].total / 2**30:.1f}" for n in (1, 8, 64)),
+                         gib(line(mp.units(1, layers, px // 8))), *most])
+    return rows
+
+
+SUMMARY_HEADERS = ["training", "px", "L", "state GiB/chip (1 / 8 / 64 chips)",
+                   "temporaries GiB, 1 scene/chip", "max B/chip v5e 16 GiB (1 / 8 / 64)",
+                   "v5p 95 GiB", "H100 80 GiB"]
 
 
 def plan_rows(spec: Any, state: Any, fit: Any, chips: int, batch: int, layers: int,
@@ -194,6 +235,9 @@ def main_body(argv: list[str] | None) -> int:
     parser.add_argument("--method", default="trace", choices=("trace", "compile"))
     parser.add_argument("--attention", default="xla", choices=("xla", "flash"),
                         help="flash: without the xla backend's kept scores (trace only)")
+    parser.add_argument("--depth", default="extrapolate", choices=("extrapolate", "exact"),
+                        help="trace shallow UNets and extrapolate in transformer depth "
+                             "(memory_plan.residual_split_by_depth), or trace it whole")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--table", action="store_true",
                         help="all of 512/1024 px x 4/5 layers x 1/8/64 chips x devices")
@@ -225,8 +269,9 @@ def main_body(argv: list[str] | None) -> int:
               f"(compiled); checked at B=2: {100 * error:+.1f}%")
         lines = {}
     else:
-        temps = TraceTemps(spec, args.train_params, state, flash=args.attention == "flash")
-        print(f"temporaries: {gib(temps.fixed)} GiB fixed + traced residuals per scene")
+        temps = TraceTemps(spec, args.train_params, state, flash=args.attention == "flash",
+                           by_depth=args.depth == "extrapolate")
+        print(f"temporaries: {gib(temps.fixed())} GiB fixed + traced residuals per scene")
         lines = {(layers, px): temps.line(layers, px // 8) for px, layers, _, _ in cases}
     rows = []
     for px, layers, chips, dev in cases:
@@ -236,6 +281,12 @@ def main_body(argv: list[str] | None) -> int:
                      *plan_rows(spec, states[chips], line, chips, batch, layers, px, dev)])
     headers = ["px", "L", "device", "B", *HEADERS]
     print(markdown_table(headers, rows))
+    if args.table and args.method == "trace":
+        label = {"all": "full", "dreamlayer": "LoRA", "kv": "K/V"}[args.train_params]
+        for flash in (False, True):
+            print(f"\nsummary, {'flash attention (estimate)' if flash else 'xla attention'}:")
+            print(markdown_table(SUMMARY_HEADERS,
+                                 summary_rows(spec, states, temps, label, flash)))
     if args.json:
         args.json.write_text(json.dumps({
             "model": args.model, "train_params": args.train_params, "variant": args.variant,

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dreamlayer_jax.io.torch_to_nnx import ShapeOnlyRngs
 from dreamlayer_jax.models.clip import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 from dreamlayer_jax.models.layer_unet import DreamLayerConfig, DreamLayerUNet
 from dreamlayer_jax.models.unet import UNet2DConditionModel
@@ -65,7 +66,7 @@ class ModelSpec:
 def abstract_unet(spec: ModelSpec) -> Any:
     """The DreamLayer UNet's parameters as `ShapeDtypeStruct`s (nnx pure dict)."""
     def build() -> DreamLayerUNet:
-        rngs = nnx.Rngs(0)
+        rngs = ShapeOnlyRngs()  # nnx.Rngs is quadratic under eval_shape (SDXL: minutes)
         base = UNet2DConditionModel(UNetConfig.from_dict(dict(spec.unet)), rngs=rngs)
         return DreamLayerUNet(base, DreamLayerConfig.from_dict(dict(spec.dreamlayer)),
                               rngs=rngs)
@@ -81,7 +82,7 @@ def abstract_text(spec: ModelSpec) -> list[tuple[nnx.GraphDef, Any]]:
         cls = CLIPTextModelWithProjection if i == 1 else CLIPTextModel
         text_config = CLIPTextConfig.from_dict(dict(config))
         graph, state = nnx.split(nnx.eval_shape(lambda c=text_config, k=cls: k(
-            c, rngs=nnx.Rngs(0))))
+            c, rngs=ShapeOnlyRngs())))
         out.append((graph, nnx.to_pure_dict(state)))
     return out
 
@@ -206,7 +207,8 @@ def residual_split(spec: ModelSpec, train_params: str, batch: int, layers: int, 
     the part that is the xla attention's scores (`total - scores`: flash attention)."""
     from jax._src.ad_checkpoint import saved_residuals
 
-    parts = _build(spec, train_params, batch, layers, latent, None, compute_dtype)
+    parts = _build(frozen_text_trimmed(spec), train_params, batch, layers, latent, None,
+                   compute_dtype)
     key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
 
     def loss(params, text_params, batch, key):
@@ -217,6 +219,77 @@ def residual_split(spec: ModelSpec, train_params: str, batch: int, layers: int, 
         if not why.startswith("from the argument") and hasattr(aval, "shape")]
     return {"total": sum(_nbytes(a) for a, _ in found),
             "scores": sum(_nbytes(a) for a, why in found if _is_score(why, a.shape))}
+
+
+def frozen_text_trimmed(spec: ModelSpec) -> ModelSpec:
+    """`spec` with text encoders of at most 2 layers: they run under `stop_gradient`, so
+    they keep no residuals, and their output (also the penultimate layer's) keeps its
+    shape; tracing them whole only costs time (CLIP-bigG: 32 layers)."""
+    text = tuple({**t, "num_hidden_layers": min(int(t.get("num_hidden_layers", 12)), 2)}
+                 for t in spec.text)
+    return ModelSpec(spec.unet, spec.dreamlayer, text, spec.tokens)
+
+
+def transformer_counts(unet: Mapping[str, Any]) -> tuple[int, ...]:
+    """Transformer layers at each level `i` of the UNet: down block `i`, the up block
+    mirroring it and, at the last level, the mid block. Every layer of a level has the
+    same shapes (channels, tokens, heads), so what it keeps for the backward pass is the
+    same: the residuals are affine in these counts."""
+    c = UNetConfig.from_dict(dict(unet))
+    n = c.num_blocks
+    counts = [0] * n
+    for i in range(n):
+        if "CrossAttn" in c.down_block_types[i]:
+            counts[i] += sum(c.down_transformer_layers(i))
+        if "CrossAttn" in c.up_block_types[i]:
+            counts[n - 1 - i] += sum(c.up_transformer_layers(i))
+    if "CrossAttn" in c.mid_block_type:
+        counts[n - 1] += c.mid_transformer_layers
+    return tuple(counts)
+
+
+def depth_variants(unet: Mapping[str, Any]) -> list[tuple[dict[str, Any], float]]:
+    """The shallow UNets `residual_split_by_depth` traces, with their weight: first every
+    transformer 1 layer deep (weight 1), then, for each level deeper than that in `unet`,
+    the same with that level's transformers 2 deep (weight: the level's extra layers over
+    the base, per extra layer the variant adds)."""
+    base = {**unet, "transformer_layers_per_block": 1,
+            "reverse_transformer_layers_per_block": None}
+    n = len(unet["block_out_channels"])
+    target, shallow = transformer_counts(unet), transformer_counts(base)
+    out: list[tuple[dict[str, Any], float]] = [(base, 1.0)]
+    for level in range(n):
+        if target[level] == shallow[level]:
+            continue
+        deeper = {**base, "transformer_layers_per_block": [2 if i == level else 1
+                                                           for i in range(n)]}
+        added = transformer_counts(deeper)[level] - shallow[level]
+        out.append((deeper, (target[level] - shallow[level]) / added))
+    return out
+
+
+def residual_split_by_depth(spec: ModelSpec, train_params: str, batch: int, layers: int,
+                            latent: int, compute_dtype: str = "bfloat16",
+                            trace: Any = None) -> dict[str, int]:
+    """`residual_split` of `spec`, from shallow traces extrapolated linearly in the
+    transformer depth of each level (`depth_variants`): `R = R(base) + sum_level w *
+    (R(level 2 deep) - R(base))`. Exact where every transformer is 1 deep (one trace:
+    SD1.5); for SDXL (depths 1, 2, 10: 70 transformer layers) 3 traces of 11-15 layers
+    instead of one of 70. `trace`: the function traced (default `residual_split`)."""
+    trace = trace or residual_split
+    variants = depth_variants(spec.unet)
+
+    def split(unet: Mapping[str, Any]) -> dict[str, int]:
+        return trace(ModelSpec(unet, spec.dreamlayer, spec.text, spec.tokens), train_params,
+                     batch, layers, latent, compute_dtype)
+
+    base = split(variants[0][0])
+    out = {k: float(v) for k, v in base.items()}
+    for unet, weight in variants[1:]:
+        deeper = split(unet)
+        for k in out:
+            out[k] += weight * (deeper[k] - base[k])
+    return {k: round(v) for k, v in out.items()}
 
 
 def residual_bytes(spec: ModelSpec, train_params: str, batch: int, layers: int, latent: int,
