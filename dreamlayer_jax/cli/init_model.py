@@ -14,6 +14,10 @@ Which model is written:
   than FOLDER's, the text encoder gets the extra positions (how v2 of the built-in model
   starts from v1: `configs/builtin_v2.py`). Training can also start from FOLDER directly
   (`--set model=FOLDER`); this writes the starting point once.
+- a latent-codec ARCHITECTURE (`dreamlayer.codec = "latent"`) also names its `vae`
+  (a trained VAE folder, e.g. `cli.train_vae`'s, or a dict of VAEConfig fields) and
+  optionally its `transparency` decoder (a folder, or UNet1024Config fields for a fresh
+  LayerDiffuse decoder); `--vae` / `--transparency FOLDER` override them.
 - a config that trains on in-memory synthetic scenes (it sets `synthetic_resolution`,
   as configs/tiny.py does): a small random model at that resolution.
 
@@ -112,6 +116,11 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("--base", default=None, metavar="FOLDER",
                    help="start from this model folder or hub id instead of random weights")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    p.add_argument("--vae", default=None, metavar="FOLDER",
+                   help="latent codec: this trained VAE folder (else ARCHITECTURE['vae'])")
+    p.add_argument("--transparency", default=None, metavar="FOLDER",
+                   help="latent codec: this transparency decoder folder (else "
+                        "ARCHITECTURE['transparency'])")
     args = p.parse_args(argv)
     from dreamlayer_jax.training.config import load_config_module
 
@@ -138,7 +147,10 @@ def _main(argv: list[str] | None) -> int:
     create_model_folder(args.out, unet=arch["unet"], text_encoder=arch["text_encoder"],
                         words=synthetic_words(), dreamlayer=arch["dreamlayer"],
                         scheduler=arch["scheduler"],
-                        text_encoder_2=arch.get("text_encoder_2"), seed=args.seed)
+                        text_encoder_2=arch.get("text_encoder_2"),
+                        vae=args.vae or arch.get("vae"),
+                        transparency=args.transparency or arch.get("transparency"),
+                        seed=args.seed)
     print(f"wrote a random model to {args.out} (train it: python train.py --config "
           f"{args.config} --workdir WORKDIR --set model={args.out})")
     return 0
