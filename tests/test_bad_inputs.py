@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from child_env import one_device_env
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,8 +39,8 @@ COMMANDS = {
     "init": [sys.executable, "-m", "dreamlayer_jax.cli.init_model"],
     "dataset": [sys.executable, "-m", "dreamlayer_jax.cli.build_dataset"],
 }
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "PYTHONPATH": str(ROOT),
-       "JAX_DEFAULT_MATMUL_PRECISION": "highest"}  # as tests/conftest.py: one compile cache
+# one CPU device; the matmul precision of tests/conftest.py (one compile cache)
+ENV = one_device_env(PYTHONPATH=str(ROOT), JAX_DEFAULT_MATMUL_PRECISION="highest")
 
 
 # -- the case's world: a folder, the tiny model, and ways to break things --------------

@@ -2,12 +2,12 @@
 CPU), one device each, mesh (data 2): the train CLI's --coordinator flags, per-host data
 shards, gradients all-reduced across processes, one checkpoint written together."""
 
-import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from child_env import one_device_env
 from tiny_model import small_train_fields, write_small_train_model
 
 from dreamlayer_jax.training.checkpoint import Checkpointer
@@ -27,8 +27,7 @@ def test_two_processes_train_one_model_in_lockstep(tmp_path):
                                 progress=False)
     config = tmp_path / "config.py"
     config.write_text(f"def get_config():\n    return {fields!r}\n")
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # 1 device each
-    env["JAX_PLATFORMS"] = "cpu"
+    env = one_device_env()  # 1 device each
     port = _free_port()
     procs = [subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), "--config", str(config),

@@ -4,7 +4,6 @@ tiny paper-variant model end to end, and its one-line refusals (nothing written)
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import warnings
@@ -13,13 +12,14 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from child_env import one_device_env
 
 from dreamlayer_jax.errors import InputError
 from dreamlayer_jax.pipeline.scene import FULL_BOX, Layer, Scene
 
 ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "PYTHONPATH": str(ROOT),
-       "JAX_DEFAULT_MATMUL_PRECISION": "highest"}  # as tests/conftest.py: one compile cache
+# one CPU device; the matmul precision of tests/conftest.py (one compile cache)
+ENV = one_device_env(PYTHONPATH=str(ROOT), JAX_DEFAULT_MATMUL_PRECISION="highest")
 LONG = "a small red star with a large green ring on a blue wall"  # 13 tokens
 
 

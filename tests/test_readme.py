@@ -14,7 +14,6 @@ The `python train.py` lines of the configs' docstrings are checked the same way.
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import subprocess
@@ -22,6 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from child_env import one_device_env
 
 ROOT = Path(__file__).resolve().parent.parent
 SD_FOLDERS = ("SD15_FOLDER", "SDXL_FOLDER", "SD_FOLDER")
@@ -101,7 +101,7 @@ def readme_runs(tmp_path_factory, tiny_paper_model_dir):
     from concurrent.futures import ThreadPoolExecutor
 
     cwd = tmp_path_factory.mktemp("readme")
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    env = one_device_env()
 
     def run_one(line: str) -> subprocess.CompletedProcess | None:
         words = shlex.split(line, comments=True)

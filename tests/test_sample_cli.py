@@ -6,12 +6,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from child_env import one_device_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_sample(*args, cwd=None):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    env = one_device_env()
     return subprocess.run([sys.executable, str(ROOT / "sample.py"), *map(str, args)],
                           capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
 

@@ -5,7 +5,6 @@ last steps, init_model for every config, build_dataset + data_dir."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import struct
 import subprocess
@@ -13,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from child_env import one_device_env
 from tiny_model import small_train_fields, write_small_train_model
 
 from dreamlayer_jax.errors import ConfigError
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    env = one_device_env()
     return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=600)
 

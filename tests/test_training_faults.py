@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+from child_env import one_device_env
 from tiny_model import small_train_fields, write_small_train_model
 
 from dreamlayer_jax.training.checkpoint import Checkpointer
@@ -58,10 +59,9 @@ def model(tmp_path_factory):
 
 def _env(root):
     cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(root / "jax_cache")
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": cache,
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-    env.pop("XLA_FLAGS", None)  # one CPU device: the config's mesh (-1, 1, 1) is 1 x 1 x 1
-    return env
+    # one CPU device: the config's mesh (-1, 1, 1) is 1 x 1 x 1
+    return one_device_env(JAX_COMPILATION_CACHE_DIR=cache,
+                          JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
 
 
 def _start(model, workdir, root, fill_disk_after=-1, **overrides):
