@@ -62,3 +62,21 @@ def app_server(tmp_path_factory):
 
     with running_app(tmp_path_factory.mktemp("app")) as server:
         yield server
+
+
+# The slowest modules, slowest first (module totals of the last full run's durations).
+# They run first, each whole on one worker (`make test`: `--dist loadfile
+# --no-loadscope-reorder`), so that no long module starts last while the other worker
+# has nothing left to do; the rest follow in collection order.
+SLOW_MODULES = ("test_readme.py", "test_bad_inputs.py", "test_training_faults.py",
+                "test_paper_training.py", "test_layerdiffuse.py", "test_latent_cache.py",
+                "test_eval.py", "test_training.py", "test_sdxl_layers.py", "test_train_cli.py",
+                "test_device_suite.py", "test_paper_model.py", "test_memory_plan.py",
+                "test_paper_sampling.py", "test_multiprocess.py", "test_layer_unet.py",
+                "test_transparency_training.py", "test_decompose_edit.py", "test_app_api.py",
+                "test_sample_cli.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOW_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: in-module order kept
