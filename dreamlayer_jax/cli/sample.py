@@ -85,6 +85,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--irh-stop", type=float, default=None, metavar="T",
                    help="paper variant: T_H', the timestep IRH pastes the layers until, "
                         "<= T_H (default: the model's)")
+    p.add_argument("--guidance-min-timestep", type=float, default=None, metavar="T",
+                   help="classifier-free guidance only at timesteps >= T (0-1000), the "
+                        "conditional prediction alone below (default: the model's; 0 = "
+                        "every step)")
     return p
 
 
@@ -121,7 +125,8 @@ def pipeline_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             "seed": args.seed, "caca": not args.no_caca, "lssa": not args.no_lssa,
             "irh": not args.no_irh, "irh_start": args.irh_start,
             "irh_retain": args.irh_retain, "irh_restart": args.irh_restart,
-            "irh_stop": args.irh_stop, "progress": not args.no_progress}
+            "irh_stop": args.irh_stop, "progress": not args.no_progress,
+            "guidance_min_timestep": args.guidance_min_timestep}
 
 
 def _generate(argv: list[str]) -> int:

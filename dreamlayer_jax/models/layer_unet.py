@@ -52,6 +52,9 @@ class DreamLayerConfig(ModelConfig):
     box_margin: float = 0.05
     irh_start: float = 0.3
     irh_retain: float = 0.5
+    # classifier-free guidance only at timesteps t >= this; below, the conditional
+    # prediction alone (guidance 1): a weak model's guided low-noise steps add noise
+    guidance_min_timestep: float = 0.0
     attention_backend: str = "auto"  # "auto" | "xla" | "cudnn" | "splash" (attention/backends)
     # the paper variant (DESIGN.md section 8); timesteps in training units (0..999)
     variant: str = "box"  # "box" | "paper"
@@ -78,6 +81,9 @@ class DreamLayerConfig(ModelConfig):
                 self.context_width % self.context_heads):
             raise ConfigError("dreamlayer: context_layers must be >= 0 and context_width a "
                               "positive multiple of context_heads")
+        if not 0.0 <= self.guidance_min_timestep < float("inf"):
+            raise ConfigError(f"dreamlayer: guidance_min_timestep={self.guidance_min_timestep} "
+                              "must be a timestep >= 0")
         if self.max_layers < 3:
             raise ConfigError(f"dreamlayer: max_layers={self.max_layers} must be >= 3")
         if self.codec not in ("latent", "pixel"):

@@ -221,9 +221,14 @@ class DreamLayerPipeline:
                  irh: bool = True, irh_start: float | None = None,
                  irh_retain: float | None = None, irh_restart: float | None = None,
                  irh_stop: float | None = None, lssa_scope: str = "global",
+                 guidance_min_timestep: float | None = None,
                  mesh: Mesh | None = None, progress: bool = False
                  ) -> LayeredResult | list[LayeredResult]:
         """Sample one scene (or a batch of scenes) as layers; see `LayeredResult`.
+
+        `guidance_min_timestep`: classifier-free guidance only at timesteps at or above
+        it, the conditional prediction alone below (None: the model's
+        `guidance_min_timestep`, 0 = every step).
 
         IRH (`pipeline.irh`): box variant `irh_start`, `irh_retain`; paper variant
         `irh_restart` (`T_H`) and `irh_stop` (`T_H'`), timesteps; None: the model's.
@@ -239,15 +244,22 @@ class DreamLayerPipeline:
             window = (settings.restart, settings.stop)
         self._check_sampling_args(scenes, num_inference_steps, guidance_scale, seeds,
                                   irh_window=window)
+        if guidance_min_timestep is None:
+            guidance_min_timestep = self.config.guidance_min_timestep
+        if not np.isfinite(guidance_min_timestep) or guidance_min_timestep < 0:
+            raise InputError("guidance_min_timestep must be a timestep >= 0, got "
+                             f"{guidance_min_timestep!r}")
         sched = self.with_scheduler(scheduler) if scheduler else self.scheduler
         plan = sched.set_timesteps(num_inference_steps)
         ctx, uncond = self.layer_context(scenes, caca=caca, lssa=lssa, lssa_scope=lssa_scope)
         noise = self.initial_noise(seeds, ctx.num_layers, self.latent_shape())
         x = noise * sched.init_noise_sigma(plan)
         latents = self.run_sampler(sched, plan, ctx, uncond, x, guidance_scale, seeds[0],
-                                   settings, mesh=mesh, progress=progress)
+                                   settings, mesh=mesh, progress=progress,
+                                   guidance_min_t=guidance_min_timestep)
         results = self.to_results(scenes, latents, ctx, info={
             "seed": seeds, "steps": num_inference_steps, "guidance_scale": guidance_scale,
+            "guidance_min_timestep": float(guidance_min_timestep),
             "scheduler": sched.kind, "model": self.name, "caca": caca, "lssa": lssa,
             **settings_record(settings, self.config.variant)})
         return results[0] if isinstance(scene, Scene) else results
@@ -258,9 +270,11 @@ class DreamLayerPipeline:
                     layer_noise: jax.Array | None = None, keep: jax.Array | None = None,
                     start: int = 0, kept: jax.Array | None = None,
                     alphas: jax.Array | None = None,
-                    mesh: Mesh | None = None, progress: bool = False) -> jax.Array:
+                    mesh: Mesh | None = None, progress: bool = False,
+                    guidance_min_t: float | None = None) -> jax.Array:
         """Run the jitted sampler; with a `mesh`, latents are laid out `[B, L]` over
-        `("data", "fsdp") x "layer"` and the parameters replicated.
+        `("data", "fsdp") x "layer"` and the parameters replicated. `guidance_min_t`:
+        guidance only at timesteps at or above it (None: the model's setting).
 
         Paper variant: the codec's alpha decoder goes in split (`codecs.alpha`, its
         weights a traced argument); `kept` / `alphas` as `sample_layers` takes them.
@@ -287,7 +301,9 @@ class DreamLayerPipeline:
                 pinned=pinned,
                 layer_noise=layer_noise, keep=keep, start=start, sharding=sharding,
                 progress=self._progress if progress else None, alpha_decoder=decoder,
-                alpha_params=alpha_params, kept=kept, alphas=alphas)
+                alpha_params=alpha_params, kept=kept, alphas=alphas,
+                guidance_min_t=jnp.float32(self.config.guidance_min_timestep
+                                           if guidance_min_t is None else guidance_min_t))
 
     def _check_sampling_args(self, scenes, steps, guidance, seeds, *,
                              irh_window: tuple[float, float] | None = None) -> None:

@@ -48,11 +48,13 @@ from dreamlayer_jax.schedulers.loop import sample_loop
 
 
 def guided(unet: DreamLayerUNet, ctx: LayerContext, uncond: LayerContext,
-           guidance: jax.Array, sharding: NamedSharding | None = None):
+           guidance: jax.Array, sharding: NamedSharding | None = None,
+           guidance_min_t: jax.Array | float = 0.0):
     """`model_fn(x[B, L, h, w, c], t, i)` with classifier-free guidance batched as `2B`.
 
     `uncond` is the unconditional branch's context: the same layers with empty prompts
-    (`DreamLayerPipeline.layer_context`).
+    (`DreamLayerPipeline.layer_context`). Steps at timesteps `t < guidance_min_t` use
+    the conditional prediction alone (guidance 1).
     """
     uncond = uncond.replace(text=uncond.text.astype(ctx.text.dtype))
     both = jax.tree.map(lambda u, c: jnp.concatenate([u, c]), uncond, ctx)
@@ -64,7 +66,8 @@ def guided(unet: DreamLayerUNet, ctx: LayerContext, uncond: LayerContext,
             xx = jax.lax.with_sharding_constraint(xx, sharding)
         out = unet(xx, t, both).astype(jnp.float32)
         uncond, cond = jnp.split(out, 2)
-        return uncond + guidance * (cond - uncond)
+        scale = jnp.where(t >= guidance_min_t, guidance, 1.0).astype(out.dtype)
+        return uncond + scale * (cond - uncond)
 
     return model_fn
 
@@ -95,6 +98,7 @@ def sample_layers(
     alpha_params: Any = None,
     kept: jax.Array | None = None,
     alphas: jax.Array | None = None,
+    guidance_min_t: jax.Array | float = 0.0,
 ) -> jax.Array:
     """Denoise `x[B, L, h, w, c]` (the sample at step `start`) to clean layer latents.
 
@@ -102,6 +106,7 @@ def sample_layers(
       graphdef, params: `nnx.split(DreamLayerUNet)`.
       ctx: the conditional `LayerContext`; `uncond` the unconditional one (see `guided`).
       guidance: classifier-free guidance scale (traced: changing it does not recompile).
+      guidance_min_t: guidance applies at timesteps `t >= guidance_min_t` only (traced).
       key: PRNG key for stochastic schedulers.
       mode: "generate" | "decompose" | "edit" (see the module docstring).
       pinned: "decompose": the global layer's latents at the start of each step and the
@@ -122,7 +127,7 @@ def sample_layers(
     """
     unet = nnx.merge(graphdef, params)
     num_steps = plan.num_steps
-    model_fn = guided(unet, ctx, uncond, guidance, sharding)
+    model_fn = guided(unet, ctx, uncond, guidance, sharding, guidance_min_t)
     paper = unet.config.variant == "paper"
     if mode == "edit":
         held = keep if keep is not None else jnp.arange(x.shape[1]) < x.shape[1] - 1
