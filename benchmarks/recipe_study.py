@@ -35,6 +35,9 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import latent_recipe  # noqa: E402  (benchmarks/latent_recipe.py)
+
 CONFIG = REPO / "configs" / "builtin_v2.py"
 
 # name -> description, architecture changes (deep-merged), TrainConfig changes, eval kind
@@ -63,6 +66,11 @@ RECIPES: dict[str, dict[str, Any]] = {
                 "arch": {}, "train": {"role_loss_weights": (0.0, 0.0, 1.0), "caca": False,
                                       "lssa": False},
                 "eval": "composite"},
+    # benchmarks/latent_recipe.py: its own VAE and transparent decoder trained first
+    "latent": {"about": "latent model like the real system: small VAE (64 px -> 8x8x4, "
+                        "layers on grey) + LayerDiffuse-shaped transparent decoder; "
+                        "the baseline UNet on its latents",
+               "arch": latent_recipe.ARCH, "train": latent_recipe.TRAIN, "kind": "latent"},
 }
 
 
@@ -99,8 +107,9 @@ def _write(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def init_model(folder: Path, arch: dict[str, Any], seed: int = 0) -> None:
-    """A random model folder from `arch` (as `python -m dreamlayer_jax.cli.init_model`)."""
+def init_model(folder: Path, arch: dict[str, Any], seed: int = 0, **codec: Any) -> None:
+    """A random model folder from `arch` (as `python -m dreamlayer_jax.cli.init_model`);
+    `codec`: `vae=` and `transparency=` of a latent-codec model."""
     if (folder / "model_index.json").is_file():
         return
     from dreamlayer_jax.cli.init_model import synthetic_words
@@ -108,7 +117,7 @@ def init_model(folder: Path, arch: dict[str, Any], seed: int = 0) -> None:
 
     create_model_folder(folder, unet=arch["unet"], text_encoder=arch["text_encoder"],
                         words=synthetic_words(), dreamlayer=arch["dreamlayer"],
-                        scheduler=arch["scheduler"], seed=seed)
+                        scheduler=arch["scheduler"], seed=seed, **codec)
 
 
 def train_overrides(name: str, args: argparse.Namespace, workdir: Path) -> list[str]:
@@ -125,6 +134,17 @@ def train_overrides(name: str, args: argparse.Namespace, workdir: Path) -> list[
             for key, value in values.items()]
 
 
+def trainer_command(workdir: Path, overrides: list[str]) -> list[str]:
+    """`python train.py` in `workdir` with `overrides`, resuming a started run."""
+    command = [sys.executable, str(REPO / "train.py"), "--config", str(CONFIG),
+               "--workdir", str(workdir)]
+    for pair in overrides:
+        command += ["--set", pair]
+    if (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir()):
+        command.append("--resume")
+    return command
+
+
 def train(name: str, args: argparse.Namespace) -> None:
     workdir = Path(args.root) / name
     record = _read(workdir / "train.json")
@@ -132,13 +152,11 @@ def train(name: str, args: argparse.Namespace) -> None:
         print(f"[{name}] trained ({args.steps} steps, {record['seconds']:.0f} s)", flush=True)
         return
     workdir.mkdir(parents=True, exist_ok=True)
+    if RECIPES[name].get("kind") == "latent":
+        train_latent(name, args, workdir, record)
+        return
     init_model(workdir / "init", recipe_architecture(name))
-    command = [sys.executable, str(REPO / "train.py"), "--config", str(CONFIG),
-               "--workdir", str(workdir)]
-    for pair in train_overrides(name, args, workdir):
-        command += ["--set", pair]
-    if (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir()):
-        command.append("--resume")
+    command = trainer_command(workdir, train_overrides(name, args, workdir))
     print(f"[{name}] {' '.join(command)}", flush=True)
     start = time.perf_counter()
     with open(workdir / "train.log", "a") as log:
@@ -150,6 +168,32 @@ def train(name: str, args: argparse.Namespace) -> None:
                                     "seconds": seconds, "rc": rc,
                                     "about": RECIPES[name]["about"]})
     print(f"[{name}] training rc={rc}, {seconds:.0f} s so far", flush=True)
+
+
+def train_latent(name: str, args: argparse.Namespace, workdir: Path,
+                 record: dict[str, Any]) -> None:
+    """The latent recipe's three parts (`benchmarks/latent_recipe.py`); "seconds" is the
+    UNet's (the study's budget), "parts" each part's."""
+    parts = dict(record.get("parts") or {})
+    parts["vae"] = latent_recipe.train_vae_part(workdir, args, REPO)
+    init_model(workdir / "init", recipe_architecture(name), vae=workdir / "vae",
+               transparency=latent_recipe.TRANSPARENCY)
+    decoder = [f"model={workdir / 'init'}", "mode=transparency",
+               f"num_steps={args.transparency_steps}", "batch_size=4",
+               f"synthetic_resolution={latent_recipe.RESOLUTION}", "synthetic_scenes=512",
+               "learning_rate=0.001", "warmup_steps=20", "end_lr_ratio=0.1",
+               "ema_decay=0.98", f"checkpoint_every={args.checkpoint_every}",
+               "log_every=25", "progress=False"]
+    run = latent_recipe.train_latent(
+        workdir, args, REPO, trainer_command(workdir, train_overrides(name, args, workdir)),
+        trainer_command(workdir / "transparency", decoder))
+    for part, seconds in run["seconds"].items():
+        parts[part] = parts.get(part, 0.0) + seconds
+    done = run["rc"] == 0 and (workdir / "export" / "transparency_decoder").is_dir()
+    _write(workdir / "train.json", {"steps": args.steps, "batch": args.batch, "done": done,
+                                    "seconds": parts.get("unet", 0.0), "parts": parts,
+                                    "rc": run["rc"], "about": RECIPES[name]["about"]})
+    print(f"[{name}] training rc={run['rc']}, parts (s): {parts}", flush=True)
 
 
 def evaluate_recipe(name: str, args: argparse.Namespace, model: Path | None = None) -> None:
@@ -170,13 +214,27 @@ def evaluate_recipe(name: str, args: argparse.Namespace, model: Path | None = No
 
     start = time.perf_counter()
     pipe = DreamLayerPipeline.from_pretrained(model)
+    latent = RECIPES.get(name, {}).get("kind") == "latent"
+    classifier = None
+    if latent:  # one classifier for the model and its codec's round trip (deterministic)
+        from dreamlayer_jax.eval.classifier import train_classifier
+
+        classifier = train_classifier(pipe.config.resolution)
     measures = study_measures(pipe, args.scenes, steps=args.sample_steps,
-                              guidance=args.guidance,
+                              guidance=args.guidance, classifier=classifier,
                               composite_only=RECIPES.get(name, {}).get("eval") == "composite")
     workdir.mkdir(parents=True, exist_ok=True)
     _write(workdir / "eval.json", {"settings": settings, "measures": measures,
                                    "seconds": time.perf_counter() - start})
     print(f"[{name}] evaluated in {time.perf_counter() - start:.0f} s", flush=True)
+    if latent:  # what the codec alone costs
+        start = time.perf_counter()
+        ceiling = Path(args.root) / f"{name} codec round trip"
+        ceiling.mkdir(parents=True, exist_ok=True)
+        measures = latent_recipe.codec_ceiling(model, args.scenes, classifier=classifier)
+        _write(ceiling / "eval.json", {"settings": settings, "measures": measures,
+                                       "seconds": time.perf_counter() - start})
+        print(f"[{name}] codec round trip measured", flush=True)
 
 
 def table(root: Path, names: Sequence[str] | None = None) -> str:
@@ -274,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None,
                    help="with --phase eval and one recipe name: evaluate this folder as it")
     p.add_argument("--token-lengths", action="store_true")
+    p.add_argument("--vae-steps", type=int, default=400, help="latent recipe: VAE steps of 8")
+    p.add_argument("--transparency-steps", type=int, default=200,
+                   help="latent recipe: transparent decoder steps of 4 scenes")
     args = p.parse_args(argv)
     if args.token_lengths:
         token_lengths()

@@ -31,6 +31,8 @@ def _main(argv: list[str] | None) -> int:
                    help="block_out_channels (default: SMALL_VAE's 16 32 64 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--init", default=None, metavar="FOLDER",
+                   help="continue from this earlier export (its config wins over --widths)")
     args = p.parse_args(argv)
     from dreamlayer_jax.training.vae import SMALL_VAE, train_vae
 
@@ -43,7 +45,7 @@ def _main(argv: list[str] | None) -> int:
     record = train_vae(args.out, config=config, resolution=args.resolution, steps=args.steps,
                        batch=args.batch, learning_rate=args.lr, kl_weight=args.kl_weight,
                        scenes=args.scenes, seed=args.seed,
-                       log_every=args.log_every)
+                       log_every=args.log_every, init=args.init)
     print(f"wrote {args.out}: held-out PSNR {record['held_out_psnr_db']:.1f} dB, "
           f"scaling_factor {1 / record['latent_std']:.4f}, {record['seconds'] / 60:.1f} min")
     return 0

@@ -37,12 +37,12 @@ def create_model_folder(
     """Write a complete model folder with random weights.
 
     The codec is `dreamlayer["codec"]`'s: "pixel" needs nothing more; "latent" reads
-    `vae` (else the caller writes `vae/` itself), a trained VAE folder (copied to `vae/`, e.g. `training.vae.train_vae`'s) or a
-    dict of `VAEConfig` fields (random weights). `transparency` (latent codec only) adds
-    `transparency_decoder/`: a trained decoder's folder (copied) or a dict of
-    `UNet1024Config` fields (a fresh LayerDiffuse decoder, `training.transparency
-    .fresh_decoder`); without it every decoded pixel is opaque and layers encode
-    premultiplied.
+    `vae` (else the caller writes `vae/` itself): a trained VAE folder (copied to `vae/`,
+    e.g. `training.vae.train_vae`'s) or a dict of `VAEConfig` fields (random weights).
+    `transparency` (latent codec only) adds `transparency_decoder/`: a trained decoder's
+    folder (copied) or a dict of `UNet1024Config` fields (a fresh LayerDiffuse decoder,
+    `training.transparency.fresh_decoder`); without it every decoded pixel is opaque and
+    layers encode premultiplied.
 
     `words` is the closed vocabulary the tokenizer keeps as whole tokens; the text
     encoder's `vocab_size` and `max_position_embeddings` follow the tokenizer. With

@@ -105,12 +105,22 @@ def train_vae(out: str | os.PathLike, *, config: dict[str, Any] | None = None,
               resolution: int = 64, steps: int = 600, batch: int = 16,
               learning_rate: float = 1e-3, kl_weight: float = 1e-4, scenes: int = 1024,
               held_out: int = 32, seed: int = 0, log_every: int = 50,
+              init: str | os.PathLike | None = None,
               log: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Train a VAE (`config`: `VAEConfig` fields, default `SMALL_VAE`) for `steps` steps of
     `batch` flattened layers drawn from `scenes` synthetic scenes of side `resolution`;
     write it to `out` (a diffusers `vae/` folder) with `scaling_factor = 1 / latent std`
-    and `out/train_vae.json` (losses, held-out PSNR, seconds). Returns that record."""
-    fields = {**SMALL_VAE, **(config or {}), "sample_size": resolution}
+    and `out/train_vae.json` (losses, held-out PSNR, seconds). Returns that record.
+    With `init` (an earlier export) training continues from its weights and config, and
+    the record's `total_steps` / `total_seconds` count the earlier runs too."""
+    earlier: dict[str, Any] = {}
+    if init is not None:
+        vae_init = AutoencoderKL.from_pretrained(init)
+        fields = {**dataclasses.asdict(vae_init.config), "sample_size": resolution}
+        if (Path(init) / "train_vae.json").is_file():
+            earlier = json.loads((Path(init) / "train_vae.json").read_text())
+    else:
+        fields = {**SMALL_VAE, **(config or {}), "sample_size": resolution}
     vae_config = VAEConfig.from_dict(fields)
     if resolution % vae_config.downscale:
         raise ConfigError(f"train_vae: resolution {resolution} is not a multiple of the "
@@ -118,7 +128,7 @@ def train_vae(out: str | os.PathLike, *, config: dict[str, Any] | None = None,
     start = time.perf_counter()
     pool = image_pool(scenes, resolution, seed)
     test = image_pool(held_out, resolution, HELD_OUT_SEED)
-    vae = AutoencoderKL(vae_config, rngs=nnx.Rngs(seed))
+    vae = vae_init if init is not None else AutoencoderKL(vae_config, rngs=nnx.Rngs(seed))
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, learning_rate, min(50, max(steps // 10, 1)), max(steps, 2), learning_rate * 0.1)
     optimizer = nnx.Optimizer(vae, optax.adam(schedule), wrt=nnx.Param)
@@ -150,6 +160,9 @@ def train_vae(out: str | os.PathLike, *, config: dict[str, Any] | None = None,
               "config": fields, "held_out_psnr_db": psnr(vae, test),
               "held_out_psnr_db_at_init": psnr_before, "latent_std": std,
               "seconds": time.perf_counter() - start, "history": history}
+    record["total_steps"] = steps + earlier.get("total_steps", earlier.get("steps", 0))
+    record["total_seconds"] = record["seconds"] + earlier.get(
+        "total_seconds", earlier.get("seconds", 0.0))
     save_vae(vae, out, scaling_factor=1.0 / max(std, 1e-6))
     (Path(out) / "train_vae.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
