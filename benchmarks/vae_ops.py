@@ -5,6 +5,7 @@ GroupNorm before `models/group_norm.py`).
 
     python benchmarks/vae_ops.py
     python benchmarks/vae_ops.py --decoder --repeats 5   # the whole SD VAE decoder, 3 arms
+    python benchmarks/vae_ops.py --decoder --pause PID,PID   # those stopped while timing
 
 `--decoder`: SD's VAE decoder (diffusers' random init, 32x32 latents -> 256 px, f32,
 batch 1) three ways, timed in turn (ours, ours with flax's two-pass GroupNorm, diffusers)
@@ -59,8 +60,12 @@ def flax_group_norm(channels: int, groups: int, *, rngs: nnx.Rngs, dtype: jnp.dt
                          dtype=dtype, rngs=rngs)
 
 
-def decoder(repeats: int) -> None:
-    """The whole decoder: ours, ours with flax's GroupNorm, diffusers; in turn."""
+def decoder(repeats: int, pause: tuple[int, ...] = ()) -> None:
+    """The whole decoder: ours, ours with flax's GroupNorm, diffusers; in turn. `pause`:
+    process ids stopped (SIGSTOP) for the timed calls only and continued after, even
+    on an error (other jobs of one's own on a shared machine)."""
+    import os
+    import signal
     import tempfile
     from pathlib import Path
     from unittest import mock
@@ -92,11 +97,19 @@ def decoder(repeats: int) -> None:
     arms["diffusers"] = torch_call
     torch_call()
     times: dict[str, list[float]] = {k: [] for k in arms}
-    for _ in range(repeats):
-        for name, call in arms.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
+    for pid in pause:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(2 if pause else 0)
+        print(f"load average {os.getloadavg()[0]:.1f} at the timed calls' start", flush=True)
+        for _ in range(repeats):
+            for name, call in arms.items():
+                start = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - start)
+    finally:
+        for pid in pause:
+            os.kill(pid, signal.SIGCONT)
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     for name in arms:
         print(f"{name}: {med[name]:.0f} ms (runs {[round(t * 1e3) for t in times[name]]}), "
@@ -110,11 +123,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--decoder", action="store_true", help="the whole decoder, 3 arms")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--pause", default="",
+                        help="--decoder: comma-separated pids stopped while timing")
     args = parser.parse_args()
     torch.set_num_threads(2)
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     if args.decoder:
-        decoder(args.repeats)
+        decoder(args.repeats, tuple(int(p) for p in args.pause.split(",") if p))
         print(f"load average {os.getloadavg()[0]:.1f} after")
         return
     print("| shape | GroupNorm+SiLU jax ms | flax two-pass ms | torch ms | ratio | "
