@@ -85,9 +85,12 @@ def train_latent(workdir: Path, args: Any, repo: Path, unet_command: list[str],
         print(f"[latent] {' '.join(unet_command)}", flush=True)
         jobs["unet"] = _run(unet_command, workdir / "train.log", repo)
     seconds, rc = {}, 0
-    for part, process in jobs.items():
-        rc = rc or _wait(process)
-        seconds[part] = time.perf_counter() - start
+    while len(seconds) < len(jobs):  # each part's own wall time
+        for part, process in jobs.items():
+            if part not in seconds and process.poll() is not None:
+                rc = rc or _wait(process)
+                seconds[part] = time.perf_counter() - start
+        time.sleep(2.0)
     trained = workdir / "transparency" / "export" / "transparency_decoder"
     if rc == 0 and trained.is_dir() and (workdir / "export").is_dir():
         target = workdir / "export" / "transparency_decoder"
