@@ -1,17 +1,19 @@
 """The quality ablation on held-out synthetic scenes (DESIGN.md section 7).
 
 Runs `dreamlayer_jax.eval.evaluate.ablation` -- independent layers, +CACA, +LSSA, +IRH,
-all three, then all three with exactly 1, 2 and 3 foregrounds -- prints the table and
-writes it, with the classifier's own accuracy and sample pictures, to a markdown file.
-Besides layout, fidelity, coherence and decomposition, each row has the noise ratios and
-closed-world FIDs of the global layer, background and foregrounds.
+all three, then all three with exactly 1, 2 and 3 foregrounds -- for each `--model`,
+prints the tables and writes them, with the targets each model meets
+(`dreamlayer_jax.eval.targets`), the classifier's own accuracy and sample pictures, to
+one markdown file. Besides layout, fidelity, coherence and decomposition, each row has
+the noise ratios and closed-world FIDs of the global layer, background and foregrounds.
 
-    python benchmarks/quality.py [--model PATH] [--scenes 200] [--steps 20] \
+    python benchmarks/quality.py [--model PATH ...] [--scenes 200] [--steps 20] \
         [--out docs/RESULTS.md]
+    python benchmarks/quality.py --model builtin:box --model builtin:paper --steps 10
 
-Without `--model` the built-in model is used; if this version does not bundle it the
-script says so and exits with status 2. Sample pictures (layers over a checkerboard and
-the composite, ground truth first) go to `img/` beside the output file.
+Without `--model` the built-in model is used; a model that does not load is reported
+with status 2 before anything runs. Sample pictures (layers over a checkerboard and the
+composite, ground truth first) go to `img/` beside the output file.
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ SAMPLE_SETTINGS = (("independent", {"caca": False, "lssa": False, "irh": False})
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None,
-                        help="DreamLayer model folder (default: the built-in model)")
+    parser.add_argument("--model", action="append", default=None,
+                        help="DreamLayer model folder or builtin[:box|:paper], repeatable "
+                             "(default: the built-in model)")
     parser.add_argument("--scenes", type=int, default=MIN_SCENES,
                         help=f"held-out scenes per row (>= {MIN_SCENES} for reportable numbers)")
     parser.add_argument("--steps", type=int, default=20)
@@ -70,7 +73,7 @@ def _upscale(image: np.ndarray, target: int = 96) -> np.ndarray:
 
 
 def save_samples(pipe: Any, pairs: list[tuple[Any, Any]], img_dir: Path, rel: str,
-                 args: argparse.Namespace) -> list[str]:
+                 args: argparse.Namespace, slug: str) -> list[str]:
     """Ground truth and generated strips for the first scenes; returns markdown lines."""
     from dreamlayer_jax.eval.evaluate import generate
 
@@ -92,7 +95,7 @@ def save_samples(pipe: Any, pairs: list[tuple[Any, Any]], img_dir: Path, rel: st
         strips += [(name, preview_strip(out[i].background, out[i].layers, out[i].composite))
                    for name, out in generated.items()]
         for name, strip in strips:
-            file = f"quality_{i:02d}_{name.replace(' ', '_')}.png"
+            file = f"quality_{slug}_{i:02d}_{name.replace(' ', '_')}.png"
             Image.fromarray(_upscale(strip)).save(img_dir / file)
             lines.append(f"{name}:  ")
             lines.append(f"![{name}]({rel}/{file})")
@@ -100,8 +103,64 @@ def save_samples(pipe: Any, pairs: list[tuple[Any, Any]], img_dir: Path, rel: st
     return lines
 
 
-def write_report(path: Path, args: argparse.Namespace, pipe: Any, classifier: Any, table: str,
-                 samples: list[str], seconds: float) -> None:
+DEFINITIONS = {
+    "layout": "share of each foreground's alpha mass inside its box (the pipeline "
+              "clears alpha outside the box plus the model's box_margin, so only mass "
+              "in that margin can lower it)",
+    "box_iou": "IoU of each foreground's visible extent (alpha > 0.05) with its box",
+    "colour": "share of foregrounds whose colour the ground-truth classifier reads as asked",
+    "shape": "share of foregrounds whose shape the ground-truth classifier reads as asked",
+    "coherence_psnr": "PSNR of the global layer vs. the alpha-composite of the "
+                      "generated background and foregrounds (per scene)",
+    "background_psnr": "decomposition of the true composite: PSNR of the recovered "
+                       "background vs. the true one (per scene)",
+    "alpha_iou": "decomposition: IoU of recovered vs. true alpha at 0.5 (per foreground)",
+    "noise_global": "high-frequency energy (mean squared Laplacian) of the generated "
+                    "global layers over that of the true composites of the same scenes "
+                    "(1 = as smooth as the truth; 95% bootstrap interval over scenes)",
+    "noise_background": "the same for the backgrounds",
+    "noise_foreground": "the same for the foregrounds (premultiplied colour and alpha, "
+                        "so colour under transparent pixels does not count)",
+    "fid_composite": "closed-world FID: Frechet distance between the generated global "
+                     "layers and true composites of other held-out scenes (stream "
+                     "30000+seed), in the hidden-layer features of the ground-truth-trained "
+                     "picture classifier (background kind, colour, light); 95% bootstrap "
+                     "interval over the generated set. The ground-truth row is the floor "
+                     "that finite sets give",
+    "fid_background": "the same for the backgrounds",
+    "fid_foreground": "the same for the foregrounds, in the hidden-layer features of the "
+                      "ground-truth-trained layer classifier (colour, shape); layers with "
+                      "nothing opaque are left out (the colour/shape columns count them)",
+}
+
+
+def model_section(name: str, pipe: Any, rows: list[Any], classifier: Any,
+                  samples: list[str], args: argparse.Namespace) -> list[str]:
+    """One model's part of the report: its settings, targets, table and samples."""
+    from dreamlayer_jax.eval.evaluate import format_table
+    from dreamlayer_jax.eval.targets import check_targets, format_targets, mechanism_gains
+
+    boxes = pipe.config.variant == "box"
+    floor = getattr(pipe.config, "guidance_min_timestep", 0)
+    return [
+        f"## `{name}`", "",
+        f"- model: `{pipe.name}` ({pipe.config.variant} variant, "
+        f"{pipe.config.resolution}x{pipe.config.resolution} px, up to "
+        f"{pipe.max_foregrounds} foregrounds; guidance only at t >= {floor})",
+        f"- layer-fidelity classifier trained on ground-truth layers of other seeds; its own "
+        f"accuracy on held-out ground truth: colour {classifier.accuracy['colour']:.3f}, "
+        f"shape {classifier.accuracy['shape']:.3f}" + (
+            "; picture classifier (FID features of backgrounds and composites): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in classifier.picture.accuracy.items())
+            if classifier.picture is not None else ""), "",
+        "### Targets (all mechanisms on)", "",
+        format_targets(check_targets(rows, boxes=boxes), mechanism_gains(rows)), "",
+        "### Ablation", "", format_table(rows), "",
+        "### Samples", "", *samples]
+
+
+def write_report(path: Path, args: argparse.Namespace, sections: list[list[str]],
+                 seconds: float) -> None:
     import jax
 
     from dreamlayer_jax.eval.evaluate import MEASURES
@@ -109,59 +168,27 @@ def write_report(path: Path, args: argparse.Namespace, pipe: Any, classifier: An
     device = jax.devices()[0]
     note = "" if args.scenes >= MIN_SCENES else (
         f"\n**Note:** only {args.scenes} scenes per row (< {MIN_SCENES}): indicative only.\n")
-    definitions = {
-        "layout": "share of each foreground's alpha mass inside its box (the pipeline "
-                  "clears alpha outside the box plus the model's box_margin, so only mass "
-                  "in that margin can lower it)",
-        "box_iou": "IoU of each foreground's visible extent (alpha > 0.05) with its box",
-        "colour": "share of foregrounds whose colour the ground-truth classifier reads as asked",
-        "shape": "share of foregrounds whose shape the ground-truth classifier reads as asked",
-        "coherence_psnr": "PSNR of the global layer vs. the alpha-composite of the "
-                          "generated background and foregrounds (per scene)",
-        "background_psnr": "decomposition of the true composite: PSNR of the recovered "
-                           "background vs. the true one (per scene)",
-        "alpha_iou": "decomposition: IoU of recovered vs. true alpha at 0.5 (per foreground)",
-        "noise_global": "high-frequency energy (mean squared Laplacian) of the generated "
-                        "global layers over that of the true composites of the same scenes "
-                        "(1 = as smooth as the truth; 95% bootstrap interval over scenes)",
-        "noise_background": "the same for the backgrounds",
-        "noise_foreground": "the same for the foregrounds (premultiplied colour and alpha, "
-                            "so colour under transparent pixels does not count)",
-        "fid_composite": "closed-world FID: Frechet distance between the generated global "
-                         "layers and true composites of other held-out scenes (stream "
-                         "30000+seed), in the hidden-layer features of the ground-truth-trained "
-                         "picture classifier (background kind, colour, light); 95% bootstrap "
-                         "interval over the generated set. The ground-truth row is the floor "
-                         "that finite sets give",
-        "fid_background": "the same for the backgrounds",
-        "fid_foreground": "the same for the foregrounds, in the hidden-layer features of the "
-                          "ground-truth-trained layer classifier (colour, shape); layers with "
-                          "nothing opaque are left out (the colour/shape columns count them)",
-    }
+    command = "python benchmarks/quality.py " + " ".join(
+        [*(f"--model {m}" for m in args.model or []), f"--scenes {args.scenes}",
+         f"--steps {args.steps}", f"--out {args.out}"])
     text = [
         "# Quality results (synthetic world)", "",
-        f"Generated by `python benchmarks/quality.py` on "
-        f"{datetime.date.today().isoformat()} ({device.platform}: {device.device_kind}), "
-        f"{seconds / 60:.1f} min.", "",
-        f"- model: `{pipe.name}` ({pipe.config.resolution}x{pipe.config.resolution} px, "
-        f"up to {pipe.max_foregrounds} foregrounds)",
+        f"Generated by `{command}` on {datetime.date.today().isoformat()} "
+        f"({device.platform}: {device.device_kind}), {seconds / 60:.1f} min.", "",
         f"- {args.scenes} held-out scenes per row (seed stream 10000+{args.seed}, never "
         f"used in training), {args.steps} steps, guidance {args.guidance}, the model's "
-        "scheduler; every row uses the same scenes and seeds",
-        f"- layer-fidelity classifier trained on ground-truth layers of other seeds; its own "
-        f"accuracy on held-out ground truth: colour {classifier.accuracy['colour']:.3f}, "
-        f"shape {classifier.accuracy['shape']:.3f}" + (
-            "; picture classifier (FID features of backgrounds and composites): "
-            + ", ".join(f"{k} {v:.3f}" for k, v in classifier.picture.accuracy.items())
-            if classifier.picture is not None else ""),
-        "- the first row scores the ground truth itself (no model): the reference value "
-        "of each measure",
-        "- cells: mean ± half-width of the 95% confidence interval (Student's t); PSNR "
-        "is capped at 100 dB", note, table, "", "## Measures", "",
-        *(f"- **{MEASURES[m][0]}**: {d}" for m, d in definitions.items()), "",
-        "## Samples", "", *samples]
+        "scheduler; every row of every model uses the same scenes and seeds",
+        "- the first row of each table scores the ground truth itself (no model): the "
+        "reference value of each measure",
+        "- cells: mean ± half-width of the 95% confidence interval (Student's t; bootstrap "
+        "for the noise and FID columns); PSNR is capped at 100 dB", note,
+        *(line for section in sections for line in section), "",
+        "## Measures", "",
+        *(f"- **{MEASURES[m][0]}**: {d}" for m, d in DEFINITIONS.items())]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(text) + "\n", encoding="utf-8")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(text) + "\n", encoding="utf-8")
+    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,33 +197,42 @@ def main(argv: list[str] | None = None) -> int:
     from dreamlayer_jax.eval.evaluate import ablation, format_table, held_out_scenes
     from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
 
-    try:
-        pipe = DreamLayerPipeline.from_pretrained(args.model)
-    except DreamLayerError as exc:
-        where = args.model or "the built-in model"
-        print(f"error: cannot load {where}: {exc}", file=sys.stderr)
-        return 2
+    pipes = {}
+    for name in args.model or [None]:
+        try:
+            pipes[name or "builtin"] = DreamLayerPipeline.from_pretrained(name)
+        except DreamLayerError as exc:
+            print(f"error: cannot load {name or 'the built-in model'}: {exc}", file=sys.stderr)
+            return 2
     start = time.perf_counter()
-    resolution = pipe.config.resolution
-    classifier = train_classifier(resolution, seed=args.seed)
-    print(f"classifier accuracy on ground truth at {resolution} px: "
-          f"colour {classifier.accuracy['colour']:.3f}, shape {classifier.accuracy['shape']:.3f}")
+    classifiers: dict[int, Any] = {}
+    sections = []
+    out = Path(args.out)
     if args.scenes < MIN_SCENES:
         print(f"note: {args.scenes} scenes (< {MIN_SCENES}): indicative only")
-    rows = ablation(pipe, args.scenes, seed=args.seed, steps=args.steps,
-                    guidance=args.guidance, batch_size=args.batch_size, classifier=classifier,
-                    decomposition=not args.no_decomposition,
-                    foreground_counts=[k for k in (1, 2, 3) if k <= pipe.max_foregrounds],
-                    count_scenes=args.count_scenes,
-                    decomposition_scenes=args.decomposition_scenes,
-                    fid_scenes=args.fid_scenes, log=lambda line: print(f"  {line}", flush=True))
-    table = format_table(rows)
-    print(table)
-    out = Path(args.out)
-    pairs = held_out_scenes(args.samples, args.seed, resolution,
-                            max_foregrounds=min(3, pipe.max_foregrounds))
-    samples = save_samples(pipe, pairs, out.parent / "img", "img", args)
-    write_report(out, args, pipe, classifier, table, samples, time.perf_counter() - start)
+    for name, pipe in pipes.items():
+        resolution = pipe.config.resolution
+        if resolution not in classifiers:
+            classifiers[resolution] = train_classifier(resolution, seed=args.seed)
+        classifier = classifiers[resolution]
+        print(f"{name}: classifier accuracy on ground truth at {resolution} px: "
+              f"colour {classifier.accuracy['colour']:.3f}, "
+              f"shape {classifier.accuracy['shape']:.3f}")
+        rows = ablation(pipe, args.scenes, seed=args.seed, steps=args.steps,
+                        guidance=args.guidance, batch_size=args.batch_size,
+                        classifier=classifier, decomposition=not args.no_decomposition,
+                        foreground_counts=[k for k in (1, 2, 3) if k <= pipe.max_foregrounds],
+                        count_scenes=args.count_scenes,
+                        decomposition_scenes=args.decomposition_scenes,
+                        fid_scenes=args.fid_scenes,
+                        log=lambda line: print(f"  {line}", flush=True))
+        print(format_table(rows), flush=True)
+        pairs = held_out_scenes(args.samples, args.seed, resolution,
+                                max_foregrounds=min(3, pipe.max_foregrounds))
+        slug = "".join(c if c.isalnum() else "_" for c in name)
+        samples = save_samples(pipe, pairs, out.parent / "img", "img", args, slug)
+        sections.append(model_section(name, pipe, rows, classifier, samples, args))
+    write_report(out, args, sections, time.perf_counter() - start)
     print(f"wrote {out}")
     return 0
 
