@@ -1,4 +1,4 @@
-"""Training logs: TensorBoard scalars (tensorboardX), a tqdm bar, sample grids as PNG
+"""Training logs: TensorBoard scalars and images (`training.events`), a tqdm bar, sample grids as PNG
 (one row per scene, a header naming the columns)."""
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
+
+from dreamlayer_jax.training.events import EventWriter
 
 SCALARS = ("loss", "grad_norm", "lr", "steps_per_second", "skipped",
            "seconds_per_step", "examples_per_second", "tflops_per_device", "mfu",
@@ -84,9 +86,7 @@ class MetricsLogger:
         self.workdir, self.enabled = Path(workdir), enabled
         self.writer = None
         if enabled:
-            from tensorboardX import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.workdir / "tensorboard"))
+            self.writer = EventWriter(self.workdir / "tensorboard")
 
     def _failed(self, exc: OSError) -> None:
         writer, self.writer = self.writer, None
@@ -108,7 +108,7 @@ class MetricsLogger:
         try:
             for name in SCALARS:
                 if name in metrics:
-                    self.writer.add_scalar(f"train/{name}", float(metrics[name]), step)
+                    self.writer.scalar(f"train/{name}", float(metrics[name]), step)
             self.writer.flush()
         except OSError as exc:
             self._failed(exc)
@@ -121,7 +121,7 @@ class MetricsLogger:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(grid).save(path)
-            self.writer.add_image("samples/layers", grid, step, dataformats="HWC")
+            self.writer.image("samples/layers", grid, step)
             self.writer.flush()
         except OSError as exc:
             self._failed(exc)
