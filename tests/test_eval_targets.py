@@ -63,4 +63,5 @@ def test_mechanism_gains_against_independent_layers():
     text = format_targets(check_targets(rows(), boxes=True), gains)
     assert "| shape acc. | all (CACA+LSSA+IRH) | >= 0.8 | 0.500 ± 0.050 | no, 0.300 short |" \
         in text
-    assert "+LSSA beats independent layers beyond the intervals on: colour acc., noise global" in text
+    assert ("+LSSA beats independent layers beyond the intervals on: colour acc., "
+            "noise global") in text

@@ -140,6 +140,12 @@ def test_resume_from_the_saved_config_says_from_which_step(tmp_path):
     assert saved is not None and saved.model == str(model) and saved.seed == 3
     # log_every=10 > num_steps: the first and last steps are logged anyway
     assert _events(work)["train/loss"] == [1, 2]
+    # each logged step says its throughput; the compiled step's FLOPs are known on the CPU
+    logged = re.findall(r"^step (\d) loss \S+ \| \S+ s/step \S+ ex/s (\S+) TFLOP/s/device "
+                        r"MFU (\S+)%$", first.stdout, re.M)
+    assert [int(s) for s, *_ in logged] == [1, 2], first.stdout
+    assert all(float(tflops) > 0 and float(mfu) > 0 for _, tflops, mfu in logged)
+    assert _events(work)["train/mfu"] == [1, 2]
     # no --config, no repeated --set: the saved config, one more step
     second = run(ROOT / "train.py", "--workdir", work, "--resume", "--set", "num_steps=3")
     assert second.returncode == 0, second.stderr[-2000:]

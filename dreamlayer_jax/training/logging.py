@@ -1,5 +1,5 @@
-"""Training logs: TensorBoard scalars and images (`training.events`), a tqdm bar, sample grids as PNG
-(one row per scene, a header naming the columns)."""
+"""Training logs: TensorBoard scalars and images (`training.events`), a tqdm bar,
+sample grids as PNG (one row per scene, a header naming the columns)."""
 
 from __future__ import annotations
 

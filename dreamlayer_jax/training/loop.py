@@ -276,7 +276,7 @@ class Trainer:
         try:
             for step in range(start, cfg.num_steps):
                 batch = self.device_batch(next(iterator))
-                if meter is None:  # the step's FLOPs, once, from its lowering (no compile)
+                if meter is None:  # compiles the step and counts its FLOPs, once
                     meter = StepMeter(self.step_fn, (state, self.text_params, batch),
                                       cfg.batch_size, self.mesh.devices.flat, start)
                 state, metrics = self.step_fn(state, self.text_params, batch)

@@ -99,30 +99,32 @@ class Throughput:
         return out
 
 
-def lowered_flops(jitted: Any, *args: Any) -> float | None:
-    """FLOPs of one call of `jitted(*args)` over all devices, from the lowered (not yet
-    compiled) program: tracing only, no second compilation."""
+def step_flops(jitted: Any, *args: Any) -> float | None:
+    """FLOPs per device of one call of `jitted(*args)`, from XLA's cost analysis of the
+    compiled program (`compiled_flops`). JAX keeps the executable with its lowering, and
+    the call `jitted(*args)` then finds both: counting costs no second compilation, only
+    compiling before the first step instead of at it."""
     try:
-        analysis = jitted.lower(*args).cost_analysis()
+        compiled = jitted.lower(*args).compile()
     except Exception:  # noqa: BLE001 - an estimate; never stop a run for it
         return None
-    flops = (analysis or {}).get("flops")
-    return float(flops) if flops and flops > 0 else None
+    return compiled_flops(compiled)
 
 
 class StepMeter:
     """The train loop's throughput: the step's FLOPs counted once, steps timed between logs.
 
-    `lap(step)` returns `Throughput.report` over the steps since the previous lap (the
-    first lap includes the step's compilation), plus `steps_per_second`.
+    The step is compiled here (`step_flops`), so no lap includes its compilation (a
+    recompilation for a changed input layout, as after the first step's donated state,
+    falls in the first lap). `lap(step)` returns `Throughput.report` over the steps
+    since the previous lap, plus `steps_per_second`.
     """
 
     def __init__(self, jitted: Any, args: tuple[Any, ...], examples_per_step: int,
                  devices: Any, start_step: int):
         devices = list(devices)
-        total = lowered_flops(jitted, *args)
+        per_device = step_flops(jitted, *args)
         peak, self.peak_source = peak_flops(devices[0])
-        per_device = None if total is None else total / len(devices)
         self.throughput = Throughput(per_device, examples_per_step, len(devices), peak)
         self.tick, self.last = time.perf_counter(), start_step
 
