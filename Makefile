@@ -21,7 +21,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	XLA_FLAGS="--xla_force_host_platform_device_count=8" $(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q tests
+	XLA_FLAGS="--xla_force_host_platform_device_count=8" $(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q --durations=30 tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -23,7 +23,9 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jax
 
@@ -60,15 +62,33 @@ def write_model(folder: Path, res: int, layers: int, lora_rank: int) -> Path:
     return folder
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+@dataclass
+class Bench:
+    """Everything both arms share: the model, one train state, one batch of each kind."""
+
+    cfg: Any  # TrainConfig of the raw step (the cached one adds `data_cache`)
+    pipe: Any
+    graph: Any  # the UNet's graphdef
+    params: Any
+    tx: Any
+    state: Any
+    texts: list[Any]  # the text encoders' parameters
+    cache: Any  # the opened latent cache
+    raw: dict[str, Any]  # a placed raw batch
+    cached: dict[str, Any]  # the same scene from the cache, placed
+    mesh: Any
+    cache_seconds: float
+
+
+def add_size_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--res", type=int, default=128, help="scene side in pixels")
     parser.add_argument("--layers", type=int, default=4, help="layer slots per scene")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=3, help="timed steps of each arm")
     parser.add_argument("--lora-rank", type=int, default=8)
-    args = parser.parse_args()
 
+
+def setup(args: argparse.Namespace, tmp: Path) -> Bench:
+    """Write the model under `tmp`, cache its scenes, build the state and both batches."""
     from flax import nnx
 
     from dreamlayer_jax.data.input_pipeline import make_train_iterator
@@ -84,55 +104,67 @@ def main() -> None:
     from dreamlayer_jax.training.loop import synthetic_source
     from dreamlayer_jax.training.optimizer import make_optimizer, trained_mask
     from dreamlayer_jax.training.state import init_train_state
+    from dreamlayer_jax.training.step import host_arrays, place_batch
+
+    mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    model = write_model(tmp / "model", args.res, args.layers, args.lora_rank)
+    fields = dict(model=str(model), batch_size=args.batch, max_layers=args.layers,
+                  synthetic_scenes=max(4, args.batch), synthetic_resolution=args.res,
+                  train_params="dreamlayer", progress=False, export=False)
+    cfg = TrainConfig(**fields)
+    start = time.perf_counter()
+    cache_latents(cfg, tmp / "cache")
+    cache_seconds = time.perf_counter() - start
+    pipe = DreamLayerPipeline.from_pretrained(model)
+    cache = open_cache(TrainConfig(**fields, data_cache=str(tmp / "cache")), pipe, args.layers)
+    cond = pipe.conditioner
+    graph, params = nnx.split(pipe.unet)
+    params = nnx.to_pure_dict(params)
+    tx = make_optimizer(cfg, params)
+    state = init_train_state(params, tx, 0, trained_mask(params, cfg.train_params))
+    raw = place_batch(host_arrays(cond, next(make_train_iterator(
+        synthetic_source(cfg, args.layers), batch_size=args.batch, max_layers=args.layers,
+        seed=0))), mesh)
+    cached = place_batch(cached_arrays(next(make_train_iterator(
+        cache, batch_size=args.batch, max_layers=args.layers, seed=0)),
+        cached_batch_keys(cache)), mesh)
+    return Bench(cfg, pipe, graph, params, tx, state,
+                 [nnx.to_pure_dict(p) for p in cond.params], cache, raw, cached, mesh,
+                 cache_seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_size_args(parser)
+    parser.add_argument("--rounds", type=int, default=3, help="timed steps of each arm")
+    args = parser.parse_args()
+
+    from dreamlayer_jax.training.latent_cache import cached_batch_keys
     from dreamlayer_jax.training.step import (
         encode_layer_text,
         encode_layers,
-        host_arrays,
         jit_train_step,
         make_loss_fn,
         make_train_step,
-        place_batch,
     )
 
-    mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
     with tempfile.TemporaryDirectory() as tmp:
-        model = write_model(Path(tmp) / "model", args.res, args.layers, args.lora_rank)
-        fields = dict(model=str(model), batch_size=args.batch, max_layers=args.layers,
-                      synthetic_scenes=max(4, args.batch), synthetic_resolution=args.res,
-                      train_params="dreamlayer", progress=False, export=False)
-        raw_cfg = TrainConfig(**fields)
-        start = time.perf_counter()
-        cache_latents(raw_cfg, Path(tmp) / "cache")
-        cache_s = time.perf_counter() - start
-        cached_cfg = TrainConfig(**fields, data_cache=str(Path(tmp) / "cache"))
-        pipe = DreamLayerPipeline.from_pretrained(model)
-        cache = open_cache(cached_cfg, pipe, args.layers)
-        cond = pipe.conditioner
-        graph, params = nnx.split(pipe.unet)
-        params = nnx.to_pure_dict(params)
-        tx = make_optimizer(raw_cfg, params)
-        state = init_train_state(params, tx, 0, trained_mask(params, raw_cfg.train_params))
-        text_params = [nnx.to_pure_dict(p) for p in cond.params]
+        b = setup(args, Path(tmp))
+        cond, state = b.pipe.conditioner, b.state
         steps = {}
         for name, cached in (("raw", False), ("cached", True)):
-            loss_fn = make_loss_fn(raw_cfg, graph, cond.graphdefs, pipe.codec, pipe.scheduler,
-                                   pipe.config.box_margin, cached=cached)
-            step = make_train_step(raw_cfg, tx, loss_fn, params)
-            keys = cached_batch_keys(cache) if cached else None
-            steps[name] = (jit_train_step(step, mesh, state, [] if cached else text_params,
-                                          True, keys), [] if cached else text_params)
-        raw_batch = place_batch(host_arrays(cond, next(make_train_iterator(
-            synthetic_source(raw_cfg, args.layers), batch_size=args.batch,
-            max_layers=args.layers, seed=0))), mesh)
-        cached_batch = place_batch(cached_arrays(next(make_train_iterator(
-            cache, batch_size=args.batch, max_layers=args.layers, seed=0)),
-            cached_batch_keys(cache)), mesh)
-        batches = {"raw": raw_batch, "cached": cached_batch}
+            loss_fn = make_loss_fn(b.cfg, b.graph, cond.graphdefs, b.pipe.codec,
+                                   b.pipe.scheduler, b.pipe.config.box_margin, cached=cached)
+            step = make_train_step(b.cfg, b.tx, loss_fn, b.params)
+            keys = cached_batch_keys(b.cache) if cached else None
+            texts = [] if cached else b.texts
+            steps[name] = (jit_train_step(step, b.mesh, state, texts, True, keys), texts)
+        batches = {"raw": b.raw, "cached": b.cached}
 
         @jax.jit
         def encoders(texts, batch):  # what the cached step no longer runs
             ids = [batch["token_ids"]]
-            return (encode_layers(pipe.codec, batch["pixels"]),
+            return (encode_layers(b.pipe.codec, batch["pixels"]),
                     encode_layer_text(cond.graphdefs, texts, ids, (args.res, args.res)))
 
         times: dict[str, list[float]] = {"raw": [], "cached": [], "encoders": []}
@@ -141,7 +173,7 @@ def main() -> None:
             for name in ("raw", "cached", "encoders"):
                 t0 = time.perf_counter()
                 if name == "encoders":
-                    jax.block_until_ready(encoders(text_params, raw_batch))
+                    jax.block_until_ready(encoders(b.texts, b.raw))
                 else:
                     fn, texts = steps[name]
                     state, metrics = fn(state, texts, batches[name])
@@ -152,8 +184,8 @@ def main() -> None:
     raw_s, cached_s, enc_s = (statistics.median(times[k]) for k in ("raw", "cached", "encoders"))
     print(f"SD1.5-shaped (UNet, VAE, CLIP-L 77 tokens), LoRA rank {args.lora_rank}, "
           f"{args.res} px, batch {args.batch}, {args.layers} slots, f32, "
-          f"{jax.devices()[0].platform}; caching {cache_s:.1f} s for "
-          f"{raw_cfg.synthetic_scenes} scenes")
+          f"{jax.devices()[0].platform}; caching {b.cache_seconds:.1f} s for "
+          f"{b.cfg.synthetic_scenes} scenes")
     print(f"raw step {raw_s:.2f} s (runs {[round(t, 2) for t in times['raw']]}), cached "
           f"step {cached_s:.2f} s (runs {[round(t, 2) for t in times['cached']]})")
     print(f"the encoders alone (VAE encoder + text encoder, forward): {enc_s:.2f} s "

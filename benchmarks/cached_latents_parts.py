@@ -33,7 +33,7 @@ from pathlib import Path
 import jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cached_latents import write_model  # noqa: E402
+from cached_latents import add_size_args, setup  # noqa: E402
 
 
 def cost(compiled) -> tuple[float, float]:
@@ -45,82 +45,43 @@ def cost(compiled) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--res", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=1)
+    add_size_args(parser)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--lora-rank", type=int, default=8)
     parser.add_argument("--skip-steps", action="store_true", help="parts only, no steps")
     args = parser.parse_args()
 
-    from flax import nnx
-
-    from dreamlayer_jax.data.input_pipeline import make_train_iterator
-    from dreamlayer_jax.parallel.mesh import make_mesh
-    from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
-    from dreamlayer_jax.training.config import TrainConfig
-    from dreamlayer_jax.training.latent_cache import (
-        cache_latents,
-        cached_arrays,
-        cached_batch_keys,
-        open_cache,
-    )
-    from dreamlayer_jax.training.loop import synthetic_source
-    from dreamlayer_jax.training.optimizer import make_optimizer, trained_mask
-    from dreamlayer_jax.training.state import init_train_state
+    from dreamlayer_jax.training.latent_cache import cached_batch_keys
     from dreamlayer_jax.training.step import (
         encode_layer_text,
         encode_layers,
-        host_arrays,
         jit_train_step,
         make_loss_fn,
         make_train_step,
-        place_batch,
     )
 
-    mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
     with tempfile.TemporaryDirectory() as tmp:
-        model = write_model(Path(tmp) / "model", args.res, args.layers, args.lora_rank)
-        fields = dict(model=str(model), batch_size=args.batch, max_layers=args.layers,
-                      synthetic_scenes=max(4, args.batch), synthetic_resolution=args.res,
-                      train_params="dreamlayer", progress=False, export=False)
-        cfg = TrainConfig(**fields)
-        cache_latents(cfg, Path(tmp) / "cache")
-        pipe = DreamLayerPipeline.from_pretrained(model)
-        cache = open_cache(TrainConfig(**fields, data_cache=str(Path(tmp) / "cache")), pipe,
-                           args.layers)
-        cond = pipe.conditioner
-        graph, params = nnx.split(pipe.unet)
-        params = nnx.to_pure_dict(params)
-        tx = make_optimizer(cfg, params)
-        state = init_train_state(params, tx, 0, trained_mask(params, cfg.train_params))
-        texts = [nnx.to_pure_dict(p) for p in cond.params]
-        raw = place_batch(host_arrays(cond, next(make_train_iterator(
-            synthetic_source(cfg, args.layers), batch_size=args.batch,
-            max_layers=args.layers, seed=0))), mesh)
-        cached = place_batch(cached_arrays(next(make_train_iterator(
-            cache, batch_size=args.batch, max_layers=args.layers, seed=0)),
-            cached_batch_keys(cache)), mesh)
+        b = setup(args, Path(tmp))
+        cond, cfg, raw, cached = b.pipe.conditioner, b.cfg, b.raw, b.cached
         valid = int(raw["layer_valid"].sum())
         key = jax.random.key(0)
-        losses = {c: make_loss_fn(cfg, graph, cond.graphdefs, pipe.codec, pipe.scheduler,
-                                  pipe.config.box_margin, cached=c) for c in (False, True)}
+        losses = {c: make_loss_fn(cfg, b.graph, cond.graphdefs, b.pipe.codec, b.pipe.scheduler,
+                                  b.pipe.config.box_margin, cached=c) for c in (False, True)}
         size = (args.res, args.res)
         parts = {
-            "vae encoder": (jax.jit(lambda px: encode_layers(pipe.codec, px)),
+            "vae encoder": (jax.jit(lambda px: encode_layers(b.pipe.codec, px)),
                             (raw["pixels"],)),
             "text encoder": (jax.jit(lambda t, ids: encode_layer_text(
-                cond.graphdefs, t, [ids], size)), (texts, raw["token_ids"])),
-            "unet fwd": (jax.jit(lambda p, b, k: losses[True](p, [], b, k)[0]),
-                         (state.params, cached, key)),
+                cond.graphdefs, t, [ids], size)), (b.texts, raw["token_ids"])),
+            "unet fwd": (jax.jit(lambda p, batch, k: losses[True](p, [], batch, k)[0]),
+                         (b.state.params, cached, key)),
         }
         if not args.skip_steps:
             for name, c in (("raw step", False), ("cached step", True)):
-                step = make_train_step(cfg, tx, losses[c], params)
-                t = [] if c else texts
-                fn = jit_train_step(step, mesh, state, t, donate=False,
-                                    batch_keys=cached_batch_keys(cache) if c else None)
-                parts[name] = (fn, (state, t, cached if c else raw))
+                step = make_train_step(cfg, b.tx, losses[c], b.params)
+                t = [] if c else b.texts
+                fn = jit_train_step(step, b.mesh, b.state, t, donate=False,
+                                    batch_keys=cached_batch_keys(b.cache) if c else None)
+                parts[name] = (fn, (b.state, t, cached if c else raw))
         compiled, flops = {}, {}
         for name, (fn, fargs) in parts.items():
             start = time.perf_counter()
