@@ -146,7 +146,7 @@ def model_section(name: str, pipe: Any, rows: list[Any], classifier: Any,
         f"## `{name}`", "",
         f"- model: `{pipe.name}` ({pipe.config.variant} variant, "
         f"{pipe.config.resolution}x{pipe.config.resolution} px, up to "
-        f"{pipe.max_foregrounds} foregrounds; guidance only at t >= {floor})",
+        f"{pipe.max_foregrounds} foregrounds; guidance only at t >= {floor:g})",
         f"- layer-fidelity classifier trained on ground-truth layers of other seeds; its own "
         f"accuracy on held-out ground truth: colour {classifier.accuracy['colour']:.3f}, "
         f"shape {classifier.accuracy['shape']:.3f}" + (
@@ -160,7 +160,9 @@ def model_section(name: str, pipe: Any, rows: list[Any], classifier: Any,
 
 
 def write_report(path: Path, args: argparse.Namespace, sections: list[list[str]],
-                 seconds: float) -> None:
+                 seconds: float, pending: list[str]) -> None:
+    """The whole report, replaced atomically; `pending`: models not measured yet (the
+    report is written after each model, so a long run's finished models are kept)."""
     import jax
 
     from dreamlayer_jax.eval.evaluate import MEASURES
@@ -182,6 +184,8 @@ def write_report(path: Path, args: argparse.Namespace, sections: list[list[str]]
         "reference value of each measure",
         "- cells: mean ± half-width of the 95% confidence interval (Student's t; bootstrap "
         "for the noise and FID columns); PSNR is capped at 100 dB", note,
+        *([f"**Still running:** {', '.join(f'`{m}`' for m in pending)} (this page is "
+           "rewritten as each model finishes).", ""] if pending else []),
         *(line for section in sections for line in section), "",
         "## Measures", "",
         *(f"- **{MEASURES[m][0]}**: {d}" for m, d in DEFINITIONS.items())]
@@ -232,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         slug = "".join(c if c.isalnum() else "_" for c in name)
         samples = save_samples(pipe, pairs, out.parent / "img", "img", args, slug)
         sections.append(model_section(name, pipe, rows, classifier, samples, args))
-    write_report(out, args, sections, time.perf_counter() - start)
+        pending = list(pipes)[len(sections):]
+        write_report(out, args, sections, time.perf_counter() - start, pending)
     print(f"wrote {out}")
     return 0
 
