@@ -125,8 +125,9 @@ def format_targets(checks: Sequence[TargetCheck], gains: dict[str, list[str]]) -
         t = check.target
         label, digits = MEASURES[t.measure]
         measured = "not measured" if check.value is None else cell(check.value, digits)
+        miss = "short" if t.op == ">=" else "over"
         verdict = ("" if check.met is None else "yes" if check.met
-                   else f"no, {check.gap:.{digits}f} short")
+                   else f"no, {check.gap:.{digits}f} {miss}")
         lines.append(f"| {label} | {t.row} | {t.op} {t.goal:g} | {measured} | {verdict} |")
     lines.append("")
     for name, measures in gains.items():
