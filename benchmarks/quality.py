@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import shlex
 import sys
@@ -61,6 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-decomposition", action="store_true",
                         help="skip the decomposition measures (halves the run time)")
     parser.add_argument("--out", default="docs/RESULTS.md")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows an interrupted run with the same arguments "
+                             "and models "
+                             "measured (kept in OUT.rows.json as each row finishes)")
     args = parser.parse_args(argv)
     if args.scenes < 1 or args.steps < 1 or args.batch_size < 1 or args.samples < 0:
         parser.error("--scenes, --steps and --batch-size must be positive, --samples >= 0")
@@ -133,6 +138,45 @@ DEFINITIONS = {
                       "ground-truth-trained layer classifier (colour, shape); layers with "
                       "nothing opaque are left out (the colour/shape columns count them)",
 }
+
+
+ROW_ARGS = ("scenes", "steps", "guidance", "batch_size", "seed", "count_scenes",
+            "decomposition_scenes", "fid_scenes", "no_decomposition")
+
+
+class RowStore:
+    """Measured rows per model in a JSON file beside the report, rewritten as each row
+    finishes, so that `--resume` carries a long run over an interruption."""
+
+    def __init__(self, path: Path, args: argparse.Namespace):
+        self.path = path
+        self.args = {k: getattr(args, k) for k in ROW_ARGS}
+        self.models: dict[str, dict[str, Any]] = {}
+        if args.resume and path.is_file():
+            data = json.loads(path.read_text())
+            if data.get("args") != self.args:
+                raise DreamLayerError(
+                    f"--resume: {path} was measured with {data.get('args')}, not "
+                    f"{self.args}; run without --resume to start over")
+            self.models = data.get("models", {})
+
+    def done(self, model: str) -> dict[str, Any]:
+        from dreamlayer_jax.eval.evaluate import AblationRow
+
+        return {name: AblationRow(r["name"], r["scenes"], r["foregrounds"],
+                                  {m: tuple(v) for m, v in r["measures"].items()},
+                                  r["settings"])
+                for name, r in self.models.get(model, {}).items()}
+
+    def add(self, model: str, row: Any) -> None:
+        self.models.setdefault(model, {})[row.name] = {
+            "name": row.name, "scenes": row.scenes, "foregrounds": row.foregrounds,
+            "measures": {m: [float(a), float(b)] for m, (a, b) in row.measures.items()},
+            "settings": row.settings}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"args": self.args, "models": self.models}, indent=1))
+        tmp.replace(self.path)
 
 
 def model_section(name: str, pipe: Any, rows: list[Any], classifier: Any,
@@ -213,6 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     classifiers: dict[int, Any] = {}
     sections = []
     out = Path(args.out)
+    try:
+        store = RowStore(out.with_suffix(".rows.json"), args)
+    except DreamLayerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.scenes < MIN_SCENES:
         print(f"note: {args.scenes} scenes (< {MIN_SCENES}): indicative only")
     for name, pipe in pipes.items():
@@ -230,7 +279,9 @@ def main(argv: list[str] | None = None) -> int:
                         count_scenes=args.count_scenes,
                         decomposition_scenes=args.decomposition_scenes,
                         fid_scenes=args.fid_scenes,
-                        log=lambda line: print(f"  {line}", flush=True))
+                        log=lambda line: print(f"  {line}", flush=True),
+                        done=store.done(name),
+                        on_row=lambda row, name=name: store.add(name, row))
         print(format_table(rows), flush=True)
         pairs = held_out_scenes(args.samples, args.seed, resolution,
                                 max_foregrounds=min(3, pipe.max_foregrounds))

@@ -1,6 +1,7 @@
 """Quality measures (DESIGN.md 7): hand-made cases with known answers, the fidelity
 classifier on ground truth, and evaluate() / ablation() end to end on the tiny model."""
 
+import contextlib
 import math
 
 import numpy as np
@@ -242,10 +243,36 @@ def test_evaluate_runs_end_to_end_on_the_tiny_model(tiny_pipe, classifier8):
     assert {"noise_global", "noise_background", "noise_foreground"} <= set(measures)
 
 
+@contextlib.contextmanager
+def monkeypatch_call(pipe, calls):
+    """Count the pipeline's sampling calls (`calls` gets one entry per call)."""
+    original = type(pipe).__call__
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    type(pipe).__call__ = counted
+    try:
+        yield
+    finally:
+        type(pipe).__call__ = original
+
+
 def test_ablation_table_has_every_setting_and_foreground_count(tiny_pipe, classifier8):
-    rows = ablation(tiny_pipe, 2, steps=2, guidance=2.0, batch_size=2, classifier=classifier8,
-                    decomposition=True, decomposition_scenes=2, max_foregrounds=1,
-                    foreground_counts=(1,), fid_scenes=20)
+    kwargs = dict(steps=2, guidance=2.0, batch_size=2, classifier=classifier8,
+                  decomposition=True, decomposition_scenes=2, max_foregrounds=1,
+                  foreground_counts=(1,), fid_scenes=20)
+    reported = []
+    rows = ablation(tiny_pipe, 2, **kwargs, on_row=reported.append)
+    assert reported == rows  # each row handed over as soon as it was measured
+    # an interrupted run's rows are taken as they are: nothing is sampled again
+    sampled = []
+    with monkeypatch_call(tiny_pipe, sampled):
+        again = ablation(tiny_pipe, 2, **kwargs, done={r.name: r for r in rows[:-2]})
+    assert all(a is b for a, b in zip(again, rows[:-2], strict=False))
+    assert len(sampled) == 1  # the one remaining generation row, one batch of 2 scenes
+    assert [r.name for r in again] == [r.name for r in rows]
     assert rows[0].measures["noise_global"] == (1.0, 0.0)  # the truth against itself
     assert "fid_composite" in rows[0].measures and "fid_composite" in rows[1].measures
     assert [r.name for r in rows] == [REFERENCE_ROW, *(name for name, _ in ABLATION_SETTINGS),

@@ -319,8 +319,9 @@ def ablation(pipe: Any, n: int, *, seed: int = 0, steps: int = 20, guidance: flo
              decomposition: bool = True, max_foregrounds: int = 3,
              foreground_counts: Sequence[int] = (1, 2, 3), reference: bool = True,
              count_scenes: int | None = None, decomposition_scenes: int | None = None,
-             fid_scenes: int = FID_REFERENCE_SCENES, log: Log | None = None
-             ) -> list[AblationRow]:
+             fid_scenes: int = FID_REFERENCE_SCENES, log: Log | None = None,
+             done: dict[str, AblationRow] | None = None,
+             on_row: Callable[[AblationRow], None] | None = None) -> list[AblationRow]:
     """The ablation table: each of `ABLATION_SETTINGS` on the same `n` held-out scenes
     (1 to `max_foregrounds` foregrounds, at most the model's limit), then all mechanisms
     on `n` scenes with exactly `k` foregrounds for each `k` in `foreground_counts`. With
@@ -328,7 +329,9 @@ def ablation(pipe: Any, n: int, *, seed: int = 0, steps: int = 20, guidance: flo
     `decomposition`, a last row decomposes the true composites of the first
     `decomposition_scenes` (default `n`) mixed scenes with CACA and LSSA on (IRH plays
     no part in it). `count_scenes` (default `n`) sizes the foreground-count rows,
-    `fid_scenes` the FID references (one per foreground count)."""
+    `fid_scenes` the FID references (one per foreground count). Rows named in `done`
+    (measured by an earlier, interrupted run with the same arguments) are taken as they
+    are; `on_row` is called with each row as soon as it is measured."""
     resolution = pipe.config.resolution
     max_fg = min(int(max_foregrounds), pipe.max_foregrounds)
     classifier = classifier or train_classifier(resolution)
@@ -347,24 +350,42 @@ def ablation(pipe: Any, n: int, *, seed: int = 0, steps: int = 20, guidance: flo
     fid_refs = {k: fid_reference(classifier, resolution, scenes=fid_scenes, seed=seed,
                                  max_foregrounds=max_fg, num_foregrounds=k or None)
                 for k in {0, *(k for *_, k in plans)}}
+    done = done or {}
     rows = []
+
+    def add(name: str, measure: Callable[[], AblationRow]) -> None:
+        if name in done:
+            rows.append(done[name])
+            if log:
+                log(f"{name}: measured before")
+            return
+        rows.append(measure())
+        if on_row:
+            on_row(rows[-1])
+
     if reference:
-        rows.append(AblationRow(REFERENCE_ROW, len(mixed), 0,
-                                reference_measures(mixed, classifier, fid_refs[0])))
+        add(REFERENCE_ROW, lambda: AblationRow(
+            REFERENCE_ROW, len(mixed), 0, reference_measures(mixed, classifier, fid_refs[0])))
     for name, switches, pairs, k in plans:
-        if log:
-            log(f"{name}: {len(pairs)} scenes")
-        measures = evaluate(pipe, pairs, **switches, **common, reference=fid_refs[k])
-        rows.append(AblationRow(name, len(pairs), k, measures, dict(switches)))
+        def measure(name=name, switches=switches, pairs=pairs, k=k) -> AblationRow:
+            if log:
+                log(f"{name}: {len(pairs)} scenes")
+            values = evaluate(pipe, pairs, **switches, **common, reference=fid_refs[k])
+            return AblationRow(name, len(pairs), k, values, dict(switches))
+
+        add(name, measure)
     if decomposition:
-        pairs = mixed[: decomposition_scenes or n]
-        if log:
-            log(f"decomposition: {len(pairs)} scenes")
-        recovered = decompose_all(pipe, pairs, steps=steps, guidance=guidance, seed=seed)
-        values = score(pairs, [truth_as_result(p) for p in pairs], classifier, recovered)
-        measures = {m: mean_ci95(values[m]) for m in DECOMPOSITION_MEASURES}
-        rows.append(AblationRow(DECOMPOSITION_ROW, len(pairs), 0, measures,
-                                {"caca": True, "lssa": True}))
+        def decompose_row() -> AblationRow:
+            pairs = mixed[: decomposition_scenes or n]
+            if log:
+                log(f"decomposition: {len(pairs)} scenes")
+            recovered = decompose_all(pipe, pairs, steps=steps, guidance=guidance, seed=seed)
+            values = score(pairs, [truth_as_result(p) for p in pairs], classifier, recovered)
+            return AblationRow(DECOMPOSITION_ROW, len(pairs), 0,
+                               {m: mean_ci95(values[m]) for m in DECOMPOSITION_MEASURES},
+                               {"caca": True, "lssa": True})
+
+        add(DECOMPOSITION_ROW, decompose_row)
     return rows
 
 
