@@ -10,6 +10,7 @@ the noise ratios and closed-world FIDs of the global layer, background and foreg
     python benchmarks/quality.py [--model PATH ...] [--scenes 200] [--steps 20] \
         [--out docs/RESULTS.md]
     python benchmarks/quality.py --model builtin:box --model builtin:paper --steps 10
+    python benchmarks/quality.py ... --resume   # continue an interrupted run's rows
 
 Without `--model` the built-in model is used; a model that does not load is reported
 with status 2 before anything runs. Sample pictures (layers over a checkerboard and the
