@@ -101,8 +101,8 @@ def setup(args: argparse.Namespace, tmp: Path) -> Bench:
         cached_batch_keys,
         open_cache,
     )
-    from dreamlayer_jax.training.loop import synthetic_source
     from dreamlayer_jax.training.optimizer import make_optimizer, trained_mask
+    from dreamlayer_jax.training.sources import synthetic_source
     from dreamlayer_jax.training.state import init_train_state
     from dreamlayer_jax.training.step import host_arrays, place_batch
 

@@ -59,7 +59,7 @@ def test_box_variant_same_losses_from_cache_with_flips_and_dropout(box_model, tm
     source = CacheSource(tmp_path / "cache")
     assert len(source) == 8 and source[0]["latents"].shape == (4, 8, 8, 16)
     assert source[0]["text"].shape[0] == 4 and source.empty["text"].ndim == 2
-    from dreamlayer_jax.training.loop import eval_scenes, synthetic_source
+    from dreamlayer_jax.training.sources import eval_scenes, synthetic_source
 
     raw_source = synthetic_source(TrainConfig(**_fields(box_model)), 4)  # sample grids' scenes
     assert eval_scenes(source, 4, 3) == eval_scenes(raw_source, 4, 3)

@@ -173,7 +173,7 @@ def test_init_model_for_every_config(tmp_path):
 
 def test_build_dataset_and_data_dir_accepts_the_root_or_the_versioned_folder(tmp_path):
     from dreamlayer_jax.training.config import TrainConfig
-    from dreamlayer_jax.training.loop import dataset_folder, load_train_source
+    from dreamlayer_jax.training.sources import dataset_folder, load_train_source
 
     proc = run("-m", "dreamlayer_jax.cli.build_dataset", "--synthetic", "3", "--resolution",
                "16", "--out", tmp_path / "data")

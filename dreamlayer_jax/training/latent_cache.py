@@ -171,7 +171,7 @@ def cache_latents(cfg: TrainConfig, out: str | os.PathLike, *, chunk: int = 4,
     returns the versioned dataset folder. Nothing is left in `out` on error."""
     from dreamlayer_jax.io import resolve_model_folder
     from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
-    from dreamlayer_jax.training.loop import load_train_source
+    from dreamlayer_jax.training.sources import load_train_source
 
     if not cfg.model:
         raise ConfigError("cache_latents: model (the base model folder) is required")
