@@ -11,6 +11,7 @@ the noise ratios and closed-world FIDs of the global layer, background and foreg
         [--out docs/RESULTS.md]
     python benchmarks/quality.py --model builtin:box --model builtin:paper --steps 10
     python benchmarks/quality.py ... --resume   # continue an interrupted run's rows
+    python benchmarks/quality.py ... --notes docs/results_reading.md   # + hand-written reading
 
 Without `--model` the built-in model is used; a model that does not load is reported
 with status 2 before anything runs. Sample pictures (layers over a checkerboard and the
@@ -63,6 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-decomposition", action="store_true",
                         help="skip the decomposition measures (halves the run time)")
     parser.add_argument("--out", default="docs/RESULTS.md")
+    parser.add_argument("--notes", default=None,
+                        help="a markdown file of hand-written reading (what limits each "
+                             "missed target, and where that was measured), put in the "
+                             "report after its header")
     parser.add_argument("--resume", action="store_true",
                         help="keep the rows an interrupted run with the same arguments "
                              "and models "
@@ -228,6 +233,7 @@ def write_report(path: Path, args: argparse.Namespace, sections: list[list[str]]
         "reference value of each measure",
         "- cells: mean ± half-width of the 95% confidence interval (Student's t; bootstrap "
         "for the noise and FID columns); PSNR is capped at 100 dB", note,
+        *(notes_lines(args.notes)),
         *([f"**Still running:** {', '.join(f'`{m}`' for m in pending)} (this page is "
            "rewritten as each model finishes).", ""] if pending else []),
         *(line for section in sections for line in section), "",
@@ -239,6 +245,13 @@ def write_report(path: Path, args: argparse.Namespace, sections: list[list[str]]
     tmp.replace(path)
 
 
+def notes_lines(path: str | None) -> list[str]:
+    """The `--notes` file's lines, then a blank line (none without `--notes`)."""
+    if path is None:
+        return []
+    return [*Path(path).read_text(encoding="utf-8").rstrip().splitlines(), ""]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
@@ -247,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     from dreamlayer_jax.eval.evaluate import ablation, format_table, held_out_scenes
     from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
 
+    if args.notes is not None and not Path(args.notes).is_file():
+        print(f"error: --notes {args.notes}: no such file", file=sys.stderr)
+        return 2
     pipes = {}
     for name in args.model or [None]:
         try:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dreamlayer_jax.data.compositing import alpha_composite
+from dreamlayer_jax.errors import DreamLayerError
 from dreamlayer_jax.eval.classifier import train_classifier
 from dreamlayer_jax.eval.evaluate import (
     ABLATION_SETTINGS,
@@ -15,6 +16,7 @@ from dreamlayer_jax.eval.evaluate import (
     MEASURES,
     REFERENCE_ROW,
     SET_MEASURES,
+    AblationRow,
     ablation,
     evaluate,
     format_table,
@@ -359,7 +361,7 @@ def test_ground_truth_scores_perfectly_on_layout_fidelity_and_decomposition(clas
     assert 10.0 < measures["coherence_psnr"][0] < PSNR_CAP
 
 
-def test_quality_benchmark_exits_2_when_the_model_is_missing(tmp_path, capsys):
+def _quality_module():
     import importlib.util
     from pathlib import Path
 
@@ -367,7 +369,38 @@ def test_quality_benchmark_exits_2_when_the_model_is_missing(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("quality_benchmark", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_quality_benchmark_exits_2_when_the_model_is_missing(tmp_path, capsys):
+    module = _quality_module()
     assert module.main(["--model", str(tmp_path / "missing"), "--out",
                         str(tmp_path / "RESULTS.md")]) == 2
     assert "cannot load" in capsys.readouterr().err
     assert not (tmp_path / "RESULTS.md").exists()
+    assert module.main(["--notes", str(tmp_path / "missing.md"), "--out",
+                        str(tmp_path / "RESULTS.md")]) == 2
+    assert "--notes" in capsys.readouterr().err
+    assert not (tmp_path / "RESULTS.md").exists()
+
+
+def test_quality_report_places_the_notes_and_resume_refuses_other_arguments(tmp_path):
+    module = _quality_module()
+    notes = tmp_path / "reading.md"
+    notes.write_text("## Reading it\n\nColour is short because ...\n")
+    out = tmp_path / "RESULTS.md"
+    args = module.parse_args(["--scenes", "200", "--notes", str(notes), "--out", str(out)])
+    args.argv = ["--scenes", "200"]
+    module.write_report(out, args, [["## `builtin:box`", "box rows"]], 60.0, ["builtin:paper"])
+    text = out.read_text()
+    assert "`python benchmarks/quality.py --scenes 200`" in text
+    assert (text.index("# Quality results") < text.index("Colour is short because")
+            < text.index("**Still running:** `builtin:paper`") < text.index("box rows"))
+
+    rows = tmp_path / "RESULTS.rows.json"
+    store = module.RowStore(rows, module.parse_args(["--steps", "10", "--resume"]))
+    store.add("builtin:box", AblationRow("all", 200, 2, {"colour": (0.5, 0.1)}, {}))
+    again = module.RowStore(rows, module.parse_args(["--steps", "10", "--resume"]))
+    assert again.done("builtin:box")["all"].measures == {"colour": (0.5, 0.1)}
+    with pytest.raises(DreamLayerError, match="--resume"):
+        module.RowStore(rows, module.parse_args(["--steps", "20", "--resume"]))
