@@ -361,12 +361,12 @@ def test_ground_truth_scores_perfectly_on_layout_fidelity_and_decomposition(clas
     assert 10.0 < measures["coherence_psnr"][0] < PSNR_CAP
 
 
-def _quality_module():
+def _quality_module(name: str = "quality"):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "quality.py"
-    spec = importlib.util.spec_from_file_location("quality_benchmark", path)
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -404,3 +404,19 @@ def test_quality_report_places_the_notes_and_resume_refuses_other_arguments(tmp_
     assert again.done("builtin:box")["all"].measures == {"colour": (0.5, 0.1)}
     with pytest.raises(DreamLayerError, match="--resume"):
         module.RowStore(rows, module.parse_args(["--steps", "20", "--resume"]))
+
+
+def test_fidelity_confusion_counts_what_is_read_and_how_faint_the_layers_are():
+    module = _quality_module("fidelity_confusion")
+    table = module.confusion(["star", "star", "ring"], ["circle", "star", None],
+                             ("star", "ring", "circle"))
+    lines = table.splitlines()
+    assert lines[2] == "| star | 1 | 0 | 1 | 0 | 0.50 |"
+    assert lines[3] == "| ring | 0 | 0 | 0 | 1 | 0.00 |"
+    assert lines[5] == "| **all (read)** | 1 | 0 | 1 | 1 | 0.33 |"
+    layer = np.zeros((8, 8, 4), np.uint8)
+    layer[0:4, 0:4, 3] = 255  # the box's upper-left quarter, opaque
+    layer[6, 6, 3] = 255  # one pixel outside the box
+    stats = module.alpha_stats([layer], [(0.0, 0.0, 0.5, 0.5)])
+    assert stats["peak alpha (median)"] == 1.0 and stats["mean alpha in box"] == 1.0
+    assert stats["alpha mass outside box"] == pytest.approx(1 / 17)
