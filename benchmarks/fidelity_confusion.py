@@ -39,14 +39,15 @@ def alpha_stats(layers: list[np.ndarray], boxes: list[tuple]) -> dict[str, float
         peaks.append(alpha.max())
         inside.append(alpha[rows, cols].mean())
         total = alpha.sum()
-        outside.append(1.0 - alpha[rows, cols].sum() / total if total > 0 else 0.0)
+        outside.append(max(0.0, 1.0 - alpha[rows, cols].sum() / total) if total > 0 else 0.0)
     return {"peak alpha (median)": float(np.median(peaks)),
             "mean alpha in box": float(np.mean(inside)),
             "alpha mass outside box": float(np.mean(outside))}
 
 
 def confusion(asked: list[str], read: list[str | None], names: tuple[str, ...]) -> str:
-    """A markdown table: one row per asked class, counts of what was read (- = empty)."""
+    """A markdown table: one row per asked class, counts of what was read (`-`: the layer
+    has no body, no pixel with alpha above 0.5, so the classifier reads nothing)."""
     counts = Counter(zip(asked, (r or "-" for r in read), strict=True))
     head = ["asked \\ read", *names, "-", "accuracy"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -393,7 +393,13 @@ def test_quality_report_places_the_notes_and_resume_refuses_other_arguments(tmp_
     args.argv = ["--scenes", "200"]
     module.write_report(out, args, [["## `builtin:box`", "box rows"]], 60.0, ["builtin:paper"])
     text = out.read_text()
-    assert "`python benchmarks/quality.py --scenes 200`" in text
+    assert "`python benchmarks/quality.py --scenes 200`" in text and "1.0 min." in text
+    args.kept_rows = 3
+    module.write_report(out, args, [["## `builtin:box`", "box rows"]], 60.0, [])
+    assert "1.0 min (this run; 3 rows were measured by an earlier run" in out.read_text()
+    args.kept_rows = 0
+    module.write_report(out, args, [["## `builtin:box`", "box rows"]], 60.0, ["builtin:paper"])
+    text = out.read_text()
     assert (text.index("# Quality results") < text.index("Colour is short because")
             < text.index("**Still running:** `builtin:paper`") < text.index("box rows"))
 

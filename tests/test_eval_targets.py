@@ -20,8 +20,10 @@ def rows() -> list[AblationRow]:
             "noise_global": (0.5, 0.1), "fid_composite": (99.0, 5.0)}
     every = {"colour": (0.95, 0.02), "shape": (0.5, 0.05), "coherence_psnr": (26.0, 0.5),
              "noise_global": (1.2, 0.1), "box_iou": (0.7, 0.01)}
+    lssa_caca = {"colour": (0.70, 0.02), "coherence_psnr": (7.0, 0.3)}
     return [AblationRow(INDEPENDENT_ROW, 10, 0, independent),
             AblationRow("+CACA", 10, 0, caca), AblationRow("+LSSA", 10, 0, lssa),
+            AblationRow("+LSSA+CACA", 10, 0, lssa_caca),
             AblationRow(ALL_ROW, 10, 0, every),
             AblationRow(DECOMPOSITION_ROW, 10, 0, {"background_psnr": (20.0, 1.0),
                                                     "alpha_iou": (0.65, 0.03)})]
@@ -60,8 +62,13 @@ def test_mechanism_gains_against_independent_layers():
     assert gains["+CACA"] == ["coherence_psnr", "fid_composite"]
     assert gains["+LSSA"] == ["colour", "noise_global"]
     assert "+IRH" not in gains  # no row, no claim
+    # CACA on top of LSSA is judged against LSSA alone (colour 0.70 vs 0.60), not
+    # against independent layers (coherence 7.0 vs 7.2 is no gain)
+    assert gains["+LSSA+CACA"] == ["colour"]
+    assert mechanism_gains([r for r in rows() if r.name != "+LSSA"]).get("+LSSA+CACA") is None
     text = format_targets(check_targets(rows(), boxes=True), gains)
     assert "| shape acc. | all (CACA+LSSA+IRH) | >= 0.8 | 0.500 ± 0.050 | no, 0.300 short |" \
         in text
     assert ("+LSSA beats independent layers beyond the intervals on: colour acc., "
             "noise global") in text
+    assert "+LSSA+CACA beats +LSSA beyond the intervals on: colour acc." in text

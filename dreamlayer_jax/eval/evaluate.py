@@ -102,6 +102,10 @@ ABLATION_SETTINGS: tuple[tuple[str, dict[str, bool]], ...] = (
     ("+CACA", {"caca": True, "lssa": False, "irh": False}),
     ("+LSSA", {"caca": False, "lssa": True, "irh": False}),
     ("+IRH", {"caca": False, "lssa": False, "irh": True}),
+    # CACA on top of LSSA: in the paper variant the context maps act only through LSSA's
+    # blend, so "+CACA" alone samples exactly as independent layers and CACA's own
+    # effect is this row against "+LSSA"
+    ("+LSSA+CACA", {"caca": True, "lssa": True, "irh": False}),
     ("all (CACA+LSSA+IRH)", {"caca": True, "lssa": True, "irh": True}),
 )
 
