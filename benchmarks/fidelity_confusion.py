@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenes", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--guidance-min-timestep", type=float, default=None,
+                        help="guide only at t >= this (default: the model's own)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -85,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     classifier = train_classifier(resolution, seed=args.seed, picture=False)
     pairs = held_out_scenes(args.scenes, args.seed, resolution,
                             max_foregrounds=min(3, pipe.max_foregrounds))
-    results = generate(pipe, [request for request, _ in pairs], steps=args.steps,
+    def sample(*a, **k):
+        return pipe(*a, guidance_min_timestep=args.guidance_min_timestep, **k)
+
+    results = generate(sample, [request for request, _ in pairs], steps=args.steps,
                        guidance=args.guidance, seed=args.seed)
     asked = [a for _, truth in pairs for a in truth.meta["layer_attributes"]]
     generated = [layer for r in results for layer in r.layers]
@@ -101,6 +106,14 @@ def main(argv: list[str] | None = None) -> int:
             print()
         stats = alpha_stats(layers, boxes)
         print(", ".join(f"{k} {v:.3f}" for k, v in stats.items()))
+    read = classifier.predict(generated)
+    bodies = [(a, r) for a, r in zip(asked, read, strict=True) if r is not None]
+    print(f"\nsummary: steps {args.steps}, guidance {args.guidance:g} at t >= "
+          f"{args.guidance_min_timestep if args.guidance_min_timestep is not None else 'default'}: "
+          f"no body {1 - len(bodies) / len(asked):.2f}; of the bodies colour "
+          f"{np.mean([a['colour'] == r[0] for a, r in bodies]):.2f}, shape "
+          f"{np.mean([a['shape'] == r[1] for a, r in bodies]):.2f}; all: colour "
+          f"{len([1 for a, r in bodies if a['colour'] == r[0]]) / len(asked):.2f}")
     return 0
 
 
