@@ -235,7 +235,7 @@ def write_report(path: Path, args: argparse.Namespace, sections: list[list[str]]
         "reference value of each measure",
         "- cells: mean ± half-width of the 95% confidence interval (Student's t; bootstrap "
         "for the noise and FID columns); PSNR is capped at 100 dB", note,
-        *(notes_lines(args.notes)),
+        *notes_lines(args.notes),
         *([f"**Still running:** {', '.join(f'`{m}`' for m in pending)} (this page is "
            "rewritten as each model finishes).", ""] if pending else []),
         *(line for section in sections for line in section), "",
