@@ -107,7 +107,12 @@ def save_samples(pipe: Any, pairs: list[tuple[Any, Any]], img_dir: Path, rel: st
         strips += [(name, preview_strip(out[i].background, out[i].layers, out[i].composite))
                    for name, out in generated.items()]
         for name, strip in strips:
-            file = f"quality_{slug}_{i:02d}_{name.replace(' ', '_')}.png"
+            # the ground truth depends only on the scene stream (seed, resolution, most
+            # foregrounds): one file for all the models that share it
+            stream = (f"{truth.composite.shape[0]}px_{min(3, pipe.max_foregrounds)}fg_"
+                      f"seed{args.seed}")
+            owner = stream if name == "ground truth" else slug
+            file = f"quality_{owner}_{i:02d}_{name.replace(' ', '_')}.png"
             Image.fromarray(_upscale(strip)).save(img_dir / file)
             lines.append(f"{name}:  ")
             lines.append(f"![{name}]({rel}/{file})")
