@@ -23,23 +23,19 @@ import numpy as np  # noqa: E402
 
 from dreamlayer_jax.data.synthetic_vocab import COLOURS, SHAPES  # noqa: E402
 from dreamlayer_jax.errors import DreamLayerError  # noqa: E402
-
-
-def box_pixels(box: tuple[float, float, float, float], size: int) -> tuple[slice, slice]:
-    x0, y0, x1, y1 = (int(round(v * size)) for v in box)
-    return slice(y0, max(y1, y0 + 1)), slice(x0, max(x1, x0 + 1))
+from dreamlayer_jax.eval.measures import box_coverage, layout_alignment  # noqa: E402
 
 
 def alpha_stats(layers: list[np.ndarray], boxes: list[tuple]) -> dict[str, float]:
-    """Median peak alpha, mean alpha inside the box, share of alpha mass outside it."""
+    """Median peak alpha, mean alpha inside the box, share of alpha mass outside it
+    (`eval.measures`: pixels weighted by the share of their area inside the box)."""
     peaks, inside, outside = [], [], []
     for layer, box in zip(layers, boxes, strict=True):
         alpha = layer[..., 3].astype(np.float64) / 255.0
-        rows, cols = box_pixels(box, alpha.shape[0])
+        coverage = box_coverage(box, *alpha.shape)
         peaks.append(alpha.max())
-        inside.append(alpha[rows, cols].mean())
-        total = alpha.sum()
-        outside.append(max(0.0, 1.0 - alpha[rows, cols].sum() / total) if total > 0 else 0.0)
+        inside.append((alpha * coverage).sum() / coverage.sum())
+        outside.append(1.0 - layout_alignment(alpha, box) if alpha.sum() > 0 else 0.0)
     return {"peak alpha (median)": float(np.median(peaks)),
             "mean alpha in box": float(np.mean(inside)),
             "alpha mass outside box": float(np.mean(outside))}
