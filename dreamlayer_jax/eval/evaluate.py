@@ -350,10 +350,16 @@ def ablation(pipe: Any, n: int, *, seed: int = 0, steps: int = 20, guidance: flo
                                 num_foregrounds=k)
         plans.append((f"all, {k} foreground{'s' if k > 1 else ''}", ABLATION_SETTINGS[-1][1],
                       pairs, k))
-    # FID references: true pictures of other scenes with the same foreground counts
-    fid_refs = {k: fid_reference(classifier, resolution, scenes=fid_scenes, seed=seed,
-                                 max_foregrounds=max_fg, num_foregrounds=k or None)
-                for k in {0, *(k for *_, k in plans)}}
+    # FID references: true pictures of other scenes with the same foreground counts,
+    # drawn when a row first needs them (a resumed run's kept rows need none)
+    fid_refs: dict[int, FidReference] = {}
+
+    def fid_ref(k: int) -> FidReference:
+        if k not in fid_refs:
+            fid_refs[k] = fid_reference(classifier, resolution, scenes=fid_scenes, seed=seed,
+                                        max_foregrounds=max_fg, num_foregrounds=k or None)
+        return fid_refs[k]
+
     done = done or {}
     rows = []
 
@@ -369,12 +375,12 @@ def ablation(pipe: Any, n: int, *, seed: int = 0, steps: int = 20, guidance: flo
 
     if reference:
         add(REFERENCE_ROW, lambda: AblationRow(
-            REFERENCE_ROW, len(mixed), 0, reference_measures(mixed, classifier, fid_refs[0])))
+            REFERENCE_ROW, len(mixed), 0, reference_measures(mixed, classifier, fid_ref(0))))
     for name, switches, pairs, k in plans:
         def measure(name=name, switches=switches, pairs=pairs, k=k) -> AblationRow:
             if log:
                 log(f"{name}: {len(pairs)} scenes")
-            values = evaluate(pipe, pairs, **switches, **common, reference=fid_refs[k])
+            values = evaluate(pipe, pairs, **switches, **common, reference=fid_ref(k))
             return AblationRow(name, len(pairs), k, values, dict(switches))
 
         add(name, measure)
