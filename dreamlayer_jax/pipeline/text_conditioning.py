@@ -111,8 +111,13 @@ class TextConditioner:
 
     @property
     def params(self) -> list[nnx.State]:
-        """The encoders' parameters, in `encode_tokens` order (frozen everywhere)."""
+        """The encoders' parameters, in `encode_tokens` order (frozen, unless a run trains
+        them: `TrainConfig.train_text_encoder`)."""
         return [p for _, p in self._split]
+
+    def encoders(self) -> list[nnx.Module]:
+        """The encoders as modules (SD: one; SDXL: two), built from `graphdefs`/`params`."""
+        return [nnx.merge(g, p) for g, p in self._split]
 
     @property
     def max_length(self) -> int:

@@ -61,6 +61,8 @@ FIELD_HELP: dict[str, str] = {
     "grad_accum": "micro-batches accumulated per step",
     "ema_decay": "decay of the exported EMA weights",
     "train_params": "'all' | 'dreamlayer' (LoRA, role embedding) | 'kv' (paper variant)",
+    "train_text_encoder": "train the text encoder(s) with the UNet (needs train_params 'all' "
+                          "and raw scenes; the export writes the trained encoders)",
     "compute_dtype": "'float32' or 'bfloat16' (bf16 compute, f32 master weights)",
     "prediction_type": "'epsilon' | 'v_prediction' | 'sample'; empty = the scheduler's",
     "min_snr_gamma": "min-SNR loss weighting gamma; 0 = off",
@@ -124,6 +126,7 @@ class TrainConfig:
     grad_accum: int = 1
     ema_decay: float = 0.999
     train_params: str = "all"  # "all" | "dreamlayer" | "kv" (optimizer.param_labels)
+    train_text_encoder: bool = False  # the text encoders train too (step.make_loss_fn)
     compute_dtype: str = "float32"  # "bfloat16": bf16 compute, f32 master weights
     # objective
     prediction_type: str = ""  # "" = the scheduler's
@@ -181,6 +184,11 @@ class TrainConfig:
         if self.train_params not in TRAIN_PARAMS:
             raise ConfigError(f"train config: train_params={self.train_params!r} must be "
                               f"one of {TRAIN_PARAMS}")
+        if self.train_text_encoder and (self.train_params != "all" or self.data_cache
+                                        or self.mode != "diffusion"):
+            raise ConfigError("train config: train_text_encoder needs train_params='all', "
+                              "mode='diffusion' and no data_cache (a cache holds the text "
+                              "already encoded)")
         if self.compute_dtype not in DTYPES:
             raise ConfigError(f"train config: compute_dtype={self.compute_dtype!r} must be "
                               f"one of {DTYPES}")

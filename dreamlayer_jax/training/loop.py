@@ -35,6 +35,7 @@ from dreamlayer_jax.io import resolve_model_folder
 from dreamlayer_jax.parallel.mesh import make_mesh
 from dreamlayer_jax.pipeline.components import DREAMLAYER, save_dreamlayer_unet
 from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
+from dreamlayer_jax.pipeline.text_conditioning import TextConditioner
 from dreamlayer_jax.training.checkpoint import Checkpointer, abstract_like
 from dreamlayer_jax.training.config import TrainConfig, fit_mesh, save_run_config
 from dreamlayer_jax.training.latent_cache import cached_arrays, cached_batch_keys, open_cache
@@ -43,8 +44,12 @@ from dreamlayer_jax.training.optimizer import make_optimizer, trained_mask
 from dreamlayer_jax.training.sources import eval_scenes, load_train_source
 from dreamlayer_jax.training.state import TrainState, ema_weights, init_train_state
 from dreamlayer_jax.training.step import (
+    TEXT_ENCODERS,
+    UNET,
+    batch_keys,
     host_arrays,
     jit_train_step,
+    joint_params,
     make_loss_fn,
     make_train_step,
     place_batch,
@@ -61,6 +66,7 @@ from dreamlayer_jax.training.transparency import (
 
 COPIED_PARTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler",
                 "vae", "transparency_decoder", "model_index.json")
+TEXT_PARTS = ("text_encoder", "text_encoder_2")  # the conditioner's encoders, in order
 
 
 class Trainer:
@@ -112,6 +118,8 @@ class Trainer:
         params = nnx.to_pure_dict(params)
         text_params = ([] if self.cache is not None else
                        [nnx.to_pure_dict(p) for p in conditioner.params])
+        if cfg.train_text_encoder:  # the encoders join the trained tree
+            params, text_params = joint_params(params, text_params), []
         self.tx = make_optimizer(cfg, params)
         if cfg.mode == "diffusion":
             backend = resolve_backend(cfg.attention_backend
@@ -125,7 +133,8 @@ class Trainer:
             loss_fn = make_loss_fn(cfg, self.model_graph, conditioner.graphdefs,
                                    self.pipe.codec, self.pipe.scheduler,
                                    self.pipe.config.box_margin, backend, empty_ids,
-                                   special_ids, mesh=self.mesh, cached=self.cache is not None)
+                                   special_ids, mesh=self.mesh, cached=self.cache is not None,
+                                   train_text=cfg.train_text_encoder)
         # The state is never built whole on one device: its shapes come from eval_shape,
         # and `initial_state` creates it already sharded from these host weights.
         self._host_params = jax.tree.map(np.asarray, params)
@@ -154,7 +163,8 @@ class Trainer:
 
     def jit_step(self, mesh: Mesh, donate: bool = True):
         """The train step jitted for `mesh` (the trainer's own: `self.step_fn`)."""
-        keys = cached_batch_keys(self.cache) if self.cache is not None else None
+        keys = (cached_batch_keys(self.cache) if self.cache is not None
+                else batch_keys(len(self.pipe.conditioner.graphdefs)))
         return jit_train_step(self.train_step, mesh, self.abstract_state, self.text_params,
                               donate, keys)
 
@@ -273,20 +283,33 @@ class Trainer:
         return self.history
 
     # -- outputs ---------------------------------------------------------------------
-    def ema_model(self, state: TrainState):
+    def ema_parts(self, state: TrainState) -> tuple[Any, TextConditioner]:
         """The trained module (DreamLayerUNet, or the transparency decoder in mode
-        "transparency") with the EMA weights, gathered to every process."""
+        "transparency") with the EMA weights, gathered to every process, and the text
+        conditioner: the base model's, or with `train_text_encoder` the EMA encoders'."""
         ema = jax.tree.map(np.asarray, multihost_utils.process_allgather(state.ema, tiled=True))
-        return nnx.merge(self.model_graph, ema_weights(ema, self._host_params))
+        weights = ema_weights(ema, self._host_params)
+        conditioner = self.pipe.conditioner
+        if not self.cfg.train_text_encoder:
+            return nnx.merge(self.model_graph, weights), conditioner
+        encoders = [nnx.merge(g, p) for g, p in
+                    zip(conditioner.graphdefs, weights[TEXT_ENCODERS], strict=True)]
+        return nnx.merge(self.model_graph, weights[UNET]), TextConditioner(
+            encoders, conditioner.tokenizers,
+            force_zeros_for_empty_prompt=conditioner.force_zeros_for_empty_prompt)
 
     def export(self, folder: str | os.PathLike, state: TrainState) -> Path:
         """The EMA weights as a model folder `DreamLayerPipeline.from_pretrained` loads:
         the trained module written, every other part copied from the base model."""
         folder = Path(folder)
-        model = self.ema_model(state)
+        model, conditioner = self.ema_parts(state)
         if jax.process_index() != 0:
             return folder
         copied = COPIED_PARTS
+        if self.cfg.train_text_encoder:
+            for part, encoder in zip(TEXT_PARTS, conditioner.encoders(), strict=False):
+                encoder.save_pretrained(folder / part)
+            copied = tuple(p for p in COPIED_PARTS if p not in TEXT_PARTS)
         if self.cfg.mode == "transparency":
             save_transparency(model, self.transparency_codec, folder / "transparency_decoder")
             copied = (*(p for p in COPIED_PARTS if p != "transparency_decoder"),
@@ -314,8 +337,8 @@ class Trainer:
 
     def write_samples(self, logger: MetricsLogger, step: int, state: TrainState) -> None:
         """Sample the fixed eval scenes with the EMA weights; a PNG grid + TensorBoard."""
-        pipe = DreamLayerPipeline(self.ema_model(state), self.pipe.conditioner,
-                                  self.pipe.codec, self.pipe.scheduler)
+        model, conditioner = self.ema_parts(state)
+        pipe = DreamLayerPipeline(model, conditioner, self.pipe.codec, self.pipe.scheduler)
         count = min(self.cfg.eval_scenes, len(self.source))
         scenes = eval_scenes(self.source, self.max_layers, count,
                              boxes=self.pipe.config.variant != "paper")

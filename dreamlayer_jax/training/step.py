@@ -56,6 +56,9 @@ SDXL_BATCH_KEYS = {**BATCH_KEYS, "token_ids_2": 3}  # the second tokenizer's ids
 # paper variant token_ids (its global slot's token owners) and, with CACA, alphas
 CACHED_BATCH_KEYS = {"latents": 5, "layer_valid": 2, "boxes": 3, "text": 4}
 
+# the trained tree of `train_text_encoder` (`joint_params`)
+UNET, TEXT_ENCODERS = "unet", "text_encoders"
+
 StepFn = Callable[[TrainState, Any, dict[str, jax.Array]], tuple[TrainState, dict[str, Any]]]
 
 
@@ -117,12 +120,13 @@ def layer_token_ids(batch: dict[str, jax.Array], num_text_encoders: int,
 
 def encode_layer_text(text_graphs: Sequence[nnx.GraphDef], text_params: Sequence[Any],
                       ids: Sequence[jax.Array], size: tuple[int, int],
-                      empty_prompt_ids: np.ndarray | None = None
+                      empty_prompt_ids: np.ndarray | None = None, *, trainable: bool = False
                       ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
     """`(text [B, L, T, D], added | None)` of each tokenizer's ids `[B, L, T]`, under
-    `stop_gradient`; SDXL's `added` holds `text_embeds [B, L, P]` and `time_ids [B, L, 6]`
-    for pictures of `size` (h, w). With `empty_prompt_ids` empty prompts encode to zeros
-    (`make_loss_fn`). The train step and `data.latent_cache` both encode through here."""
+    `stop_gradient` unless `trainable`; SDXL's `added` holds `text_embeds [B, L, P]` and
+    `time_ids [B, L, 6]` for pictures of `size` (h, w). With `empty_prompt_ids` empty
+    prompts encode to zeros (`make_loss_fn`). The train step and `data.latent_cache` both
+    encode through here."""
     b, num_layers = ids[0].shape[:2]
     flat = [i.reshape(b * num_layers, i.shape[-1]) for i in ids]
     hidden, pooled = encode_tokens(text_graphs, text_params, flat)
@@ -132,8 +136,8 @@ def encode_layer_text(text_graphs: Sequence[nnx.GraphDef], text_params: Sequence
     added = None
     if pooled is not None:
         added = {"text_embeds": pooled, "time_ids": sdxl_time_ids(b * num_layers, size)}
-    return jax.lax.stop_gradient(jax.tree.map(
-        lambda a: a.reshape(b, num_layers, *a.shape[1:]), (hidden, added)))
+    out = jax.tree.map(lambda a: a.reshape(b, num_layers, *a.shape[1:]), (hidden, added))
+    return out if trainable else jax.lax.stop_gradient(out)
 
 
 def encode_layers(codec: Any, pixels: jax.Array) -> jax.Array:
@@ -154,15 +158,23 @@ def map_loss_mask(tokens: LayerTokens, roles: jax.Array, layer_valid: jax.Array)
             & tokens.own_tokens.any(axis=-1))
 
 
+def joint_params(unet_params: Any, text_params: Sequence[Any]) -> dict[str, Any]:
+    """The trained parameters when the text encoders train with the UNet."""
+    return {UNET: unet_params, TEXT_ENCODERS: list(text_params)}
+
+
 def make_loss_fn(cfg: TrainConfig, unet_graph: nnx.GraphDef,
                  text_graphs: tuple[nnx.GraphDef, ...], codec: Any, sched: Any,
                  box_margin: float, attention_backend: str = "xla",
                  empty_prompt_ids: np.ndarray | None = None,
                  paper_special_ids: Sequence[tuple[int, int]] | None = None, *,
-                 mesh: Mesh | None = None, cached: bool = False) -> Callable:
+                 mesh: Mesh | None = None, cached: bool = False,
+                 train_text: bool = False) -> Callable:
     """`loss(params, text_params, batch, key) -> (loss, aux)` for one micro-batch.
 
-    `text_params` is the list of the encoders' parameters (one, or SDXL's two);
+    `text_params` is the list of the encoders' parameters (one, or SDXL's two), frozen;
+    with `train_text` they are trained instead: `params` is `{"unet": ..., "text_encoders":
+    [...]}` (`joint_params`), the gradient reaches the encoders and `text_params` is unused;
     `attention_backend` a concrete kernel (`attention.backends.resolve_backend`);
     `empty_prompt_ids` (`int32[T]`, the first tokenizer's ids of "") turns on SDXL's
     `force_zeros_for_empty_prompt`: empty prompts (dropped for classifier-free guidance,
@@ -207,11 +219,13 @@ def make_loss_fn(cfg: TrainConfig, unet_graph: nnx.GraphDef,
         pixels = batch["pixels"]
         ids, tokens = layer_token_ids(batch, len(text_graphs), paper_special_ids)
         text, added = encode_layer_text(text_graphs, text_params, ids, pixels.shape[2:4],
-                                        empty_prompt_ids)
+                                        empty_prompt_ids, trainable=train_text)
         return (encode_layers(codec, pixels), text, added, tokens, pixels[..., 3],
                 ids[0].shape[-1])
 
     def loss_fn(params, text_params, batch, key):
+        if train_text:
+            params, text_params = params[UNET], params[TEXT_ENCODERS]
         layer_valid = batch["layer_valid"]
         b, num_layers = layer_valid.shape
         x0, text, added, tokens, alphas, token_count = conditioning(text_params, batch)
