@@ -61,6 +61,8 @@ RECIPES: dict[str, dict[str, Any]] = {
                "train": {"learning_rate": 3e-4}},
     "lr3e-3": {"about": "learning rate 3e-3 (v1: 1e-3)", "arch": {},
                "train": {"learning_rate": 3e-3}},
+    "textenc": {"about": "the text encoder trained with the UNet (v1: random, frozen)",
+                "arch": {}, "train": {"train_text_encoder": True}},
     "control": {"about": "single-image control: only the global layer's loss, no CACA/LSSA "
                          "(a plain text-to-image denoiser on the composite)",
                 "arch": {}, "train": {"role_loss_weights": (0.0, 0.0, 1.0), "caca": False,

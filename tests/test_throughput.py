@@ -60,3 +60,24 @@ def test_report_numbers_are_consistent():
     assert line == ("step 10 loss 0.2500 | 0.5 s/step 16 ex/s 8 TFLOP/s/device MFU 8.0%")
     unknown = Throughput(None, 8, 1, None).report(steps=2, seconds=1.0)
     assert set(unknown) == {"seconds_per_step", "examples_per_second"}
+
+
+def test_step_meter_averages_the_flops_of_batches_of_different_shapes():
+    """Slot buckets give steps of different layer counts: each shape's program is counted
+    once, and a lap reports the mean FLOPs of the steps it covers."""
+    from dreamlayer_jax.training.throughput import StepMeter
+
+    k, n = 32, 16
+    step = jax.jit(lambda w, x: x @ w)
+    w = jnp.ones((k, n))
+    small, large = (w, jnp.ones((4, k))), (w, jnp.ones((12, k)))
+    meter = StepMeter(step, small, examples_per_step=4, devices=jax.devices()[:1],
+                      start_step=0)
+    for args in (small, large, large):
+        meter.add(args)
+        step(*args)
+    numbers = meter.lap(3)
+    mean = (2 * 4 * k * n + 2 * 2 * 12 * k * n) / 3
+    assert numbers["tflops_per_device"] * 1e12 * numbers["seconds_per_step"] == pytest.approx(
+        mean, rel=1e-6)
+    assert len(meter._flops) == 2  # two shapes, two counts

@@ -36,14 +36,18 @@ batch `k` comes from the stage that step `k` falls in, as that stage's batch `k 
 switch happens at the same step however often the run was resumed, and the iterator's
 state (its next position) resumes exactly on either side of it. `L_max` stays fixed:
 the batches' shapes never change, and the train step compiles once.
+
+Slot buckets (`slot_buckets=True`, `data.slot_buckets`): each batch holds scenes of one
+group of foreground counts, padded to that group's largest count + 2 slots instead of
+`L_max`, so no compute goes to slots that every scene of the batch leaves empty; the
+step compiles once per group. Which group step `k` draws from is a fixed pattern, so
+batches stay a pure function of their position and resume exactly.
 """
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import functools
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -59,6 +63,19 @@ from dreamlayer_jax.data.batch import (
     collate,
     max_foregrounds,
     pad_example,
+)
+from dreamlayer_jax.data.curriculum import (
+    Curriculum,
+    StagedBatches,
+    SubsetSource,
+    check_curriculum,
+    count_foregrounds,
+)
+from dreamlayer_jax.data.slot_buckets import (
+    BucketedBatches,
+    bucket_groups,
+    bucket_schedule,
+    group_slots,
 )
 from dreamlayer_jax.errors import ConfigError, DataError
 
@@ -127,77 +144,6 @@ def _check_probability(name: str, value: float) -> float:
     return float(value)
 
 
-Curriculum = Sequence[tuple[int, int]]
-
-
-def check_curriculum(curriculum: Curriculum, max_layers: int | None = None
-                     ) -> tuple[tuple[int, int], ...]:
-    """`curriculum` as `((start_step, max_foregrounds), ...)`; ConfigError unless the first
-    stage starts at step 0, starts increase and every limit lies in `[0, L_max - 2]`
-    (`[0, inf)` without `max_layers`)."""
-    stages = tuple((int(start), int(limit)) for start, limit in curriculum)
-    starts = [start for start, _ in stages]
-    room = sys.maxsize if max_layers is None else max_foregrounds(max_layers)
-    if not stages or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:],
-                                                                  strict=False)):
-        raise ConfigError(f"curriculum {stages} must start at step 0 with increasing steps")
-    bad = [limit for _, limit in stages if not 0 <= limit <= room]
-    if bad:
-        if max_layers is None:
-            raise ConfigError(f"curriculum limits {bad} must be >= 0")
-        raise ConfigError(f"curriculum limits {bad} must lie in [0, {room}] (max_layers="
-                          f"{max_layers} holds {room} foregrounds)")
-    return stages
-
-
-def count_foregrounds(source: Sequence[Any], indices: Sequence[int] | None = None
-                      ) -> np.ndarray:
-    """`int64[N]`: the foreground count of the scenes `indices` (default all) of `source`.
-
-    A source may offer `foreground_counts()` (all its scenes' counts, e.g. from a stored
-    `num_foregrounds` field, without decoding pixels); otherwise each scene is read once.
-    """
-    indices = np.arange(len(source)) if indices is None else np.asarray(indices, np.int64)
-    fast = getattr(source, "foreground_counts", None)
-    if callable(fast):
-        return np.asarray(fast(), np.int64)[indices]
-    return np.array([len(source[int(i)]["layer_prompts"]) for i in indices], np.int64)
-
-
-class SubsetSource:
-    """The scenes `indices` of `source`, as a random-access source (picklable)."""
-
-    def __init__(self, source: Sequence[Any], indices: np.ndarray) -> None:
-        self.source, self.indices = source, np.asarray(indices, np.int64)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int) -> Any:
-        return self.source[int(self.indices[index])]
-
-
-class StagedBatches(grain.MapDataset):
-    """Batch `k` is batch `k - starts[s]` of `stages[s]`, `s` the last stage with
-    `starts[s] <= k` (each stage an endless `MapDataset` of batches)."""
-
-    def __init__(self, stages: Sequence[grain.MapDataset], starts: Sequence[int]) -> None:
-        super().__init__(list(stages))
-        self._starts = tuple(int(s) for s in starts)
-
-    def __len__(self) -> int:
-        return sys.maxsize
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return self.slice(index)
-        stage = bisect.bisect_right(self._starts, index) - 1
-        return self.parents[stage][index - self._starts[stage]]
-
-    def __str__(self) -> str:
-        return f"StagedBatches(starts={self._starts})"
-
-
 def element_ops(source: Sequence[Any], augment: Augment) -> tuple[Callable, Callable, Callable]:
     """`(pad, augment, collate)` of `source`'s elements: scenes (`pad_example`, `augment`,
     `collate`), or what the source says (`pipeline_ops`, e.g. `data.latent_cache`)."""
@@ -238,6 +184,35 @@ def _stage_datasets(source: Sequence[Any], host: slice, stages: tuple[tuple[int,
     return StagedBatches(parts, [start for start, _ in stages])
 
 
+def _bucket_datasets(source: Sequence[Any], host: slice, counts: np.ndarray | None,
+                     seed: int, shard_index: int, shard_count: int, batch_size: int,
+                     max_layers: int, ops: tuple[Callable, Callable, Callable]
+                     ) -> BucketedBatches:
+    """Slot buckets: groups and schedule from all hosts' scenes (the same everywhere), one
+    pipeline per group over this host's scenes, padded to the group's slots."""
+    counts = (count_foregrounds(source) if counts is None
+              else np.asarray(counts, np.int64))
+    room = max_foregrounds(max_layers)
+    if counts.max() > room:
+        raise DataError(f"{int((counts > room).sum())} scenes have more than {room} "
+                        f"foregrounds (max_layers={max_layers})")
+    host_indices = np.arange(len(source))[host]
+    groups = bucket_groups(counts, batch_size * shard_count)
+    parts, sizes = [], []
+    for number, group in enumerate(groups):
+        picked = host_indices[np.isin(counts[host_indices], group)]
+        if len(picked) < batch_size:
+            raise DataError(f"slot bucket of {list(group)} foregrounds: host shard "
+                            f"{shard_index} holds {len(picked)} such scenes, fewer than "
+                            f"batch_size={batch_size}")
+        group_seed = int(np.random.SeedSequence([seed, shard_index, 1000 + number])
+                         .generate_state(1)[0])
+        parts.append(_batches(grain.MapDataset.source(SubsetSource(source, picked)),
+                              group_seed, None, group_slots(group), ops, batch_size))
+        sizes.append(int(np.isin(counts, group).sum()))
+    return BucketedBatches(parts, bucket_schedule(sizes))
+
+
 def make_train_dataset(
     source: Sequence[Any],
     *,
@@ -254,6 +229,7 @@ def make_train_dataset(
     prefetch_batches: int = 2,
     curriculum: Curriculum = (),
     foreground_counts: np.ndarray | None = None,
+    slot_buckets: bool = False,
 ) -> grain.IterDataset:
     """The pipeline as a grain `IterDataset` of `TrainBatch`es (see `make_train_iterator`)."""
     max_layers = check_max_layers(max_layers)
@@ -275,10 +251,16 @@ def make_train_dataset(
     )
 
     host = shard_slice(len(source), int(shard_index), int(shard_count))
-    if curriculum:
-        if num_epochs is not None:
-            raise ConfigError("a curriculum repeats each stage's scenes until the next stage "
-                              f"starts: num_epochs must be None, got {num_epochs}")
+    if (curriculum or slot_buckets) and num_epochs is not None:
+        raise ConfigError(f"a curriculum and slot buckets repeat their scenes: num_epochs "
+                          f"must be None, got {num_epochs}")
+    if curriculum and slot_buckets:
+        raise ConfigError("a curriculum and slot buckets do not combine: use one")
+    if slot_buckets:
+        dataset = _bucket_datasets(source, host, foreground_counts, int(seed),
+                                   int(shard_index), int(shard_count), int(batch_size),
+                                   max_layers, element_ops(source, augment))
+    elif curriculum:
         dataset = _stage_datasets(source, host, check_curriculum(curriculum, max_layers),
                                   foreground_counts, int(seed), int(shard_index),
                                   int(batch_size), max_layers, element_ops(source, augment))
@@ -324,6 +306,7 @@ def make_train_iterator(
     prefetch_batches: int = 2,
     curriculum: Curriculum = (),
     foreground_counts: np.ndarray | None = None,
+    slot_buckets: bool = False,
 ) -> grain.DatasetIterator:
     """A checkpointable iterator of `TrainBatch`es over this host's shard of `source`.
 
@@ -343,7 +326,10 @@ def make_train_iterator(
       curriculum: `((start_step, max_foregrounds), ...)` stages, the first at step 0
         (batch `k` is step `k`'s); () draws from every scene (module docstring).
       foreground_counts: `int[len(source)]` each scene's foreground count, if known
-        (else counted with `count_foregrounds`, which reads the host's scenes once).
+        (else counted with `count_foregrounds`, which reads the host's scenes once, or
+        with `slot_buckets` every scene once).
+      slot_buckets: batches of alike foreground counts padded to their group's slots
+        instead of `max_layers` (module docstring); their `L` varies between batches.
 
     The iterator has `get_state()` / `set_state(state)`; a fresh iterator made with the
     same arguments and given a saved state yields the same batches the original did.
@@ -363,6 +349,7 @@ def make_train_iterator(
         prefetch_batches=prefetch_batches,
         curriculum=curriculum,
         foreground_counts=foreground_counts,
+        slot_buckets=slot_buckets,
     )
     return iter(dataset)
 

@@ -69,6 +69,8 @@ FIELD_HELP: dict[str, str] = {
     "timestep_range": "(low, high): train on timesteps low <= t < high only (a noise-level "
                       "expert, e.g. (0, 250) to fine-tune the low-noise steps); (0, 0) = all",
     "role_loss_weights": "loss weights of (background, foregrounds, global)",
+    "slot_buckets": "batches of alike foreground counts padded to their own slot count, "
+                    "not max_layers (data.slot_buckets; raw scenes, no curriculum)",
     "flip_prob": "probability of a horizontal flip of a training scene",
     "prompt_dropout": "probability of dropping a prompt (classifier-free guidance)",
     "caca": "train with CACA (context-aware cross-attention)",
@@ -133,6 +135,7 @@ class TrainConfig:
     min_snr_gamma: float = 0.0  # 0 = off
     timestep_range: tuple[int, int] = (0, 0)  # low <= t < high; (0, 0) = every timestep
     role_loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # bg, fg, global
+    slot_buckets: bool = False  # pad each batch only as far as its scenes need
     flip_prob: float = 0.5
     prompt_dropout: float = 0.1
     caca: bool = True
@@ -189,6 +192,9 @@ class TrainConfig:
             raise ConfigError("train config: train_text_encoder needs train_params='all', "
                               "mode='diffusion' and no data_cache (a cache holds the text "
                               "already encoded)")
+        if self.slot_buckets and (self.curriculum or self.data_cache):
+            raise ConfigError("train config: slot_buckets works on raw scenes without a "
+                              "curriculum (a latent cache holds max_layers slots per scene)")
         if self.compute_dtype not in DTYPES:
             raise ConfigError(f"train config: compute_dtype={self.compute_dtype!r} must be "
                               f"one of {DTYPES}")
@@ -227,7 +233,7 @@ class TrainConfig:
             raise ConfigError("train config: context_loss_weight and layout_loss_weight "
                               "must be >= 0")
         if self.curriculum:
-            from dreamlayer_jax.data.input_pipeline import check_curriculum
+            from dreamlayer_jax.data.curriculum import check_curriculum
 
             check_curriculum(self.curriculum)  # the limits are checked against L_max later
         if self.sample_scheduler:

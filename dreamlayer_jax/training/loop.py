@@ -26,10 +26,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from dreamlayer_jax.attention.backends import resolve_backend
-from dreamlayer_jax.data.input_pipeline import (
-    check_curriculum,
-    make_train_iterator,
-)
+from dreamlayer_jax.data.curriculum import check_curriculum
+from dreamlayer_jax.data.input_pipeline import make_train_iterator
 from dreamlayer_jax.errors import ConfigError, NumericalError
 from dreamlayer_jax.io import resolve_model_folder
 from dreamlayer_jax.parallel.mesh import make_mesh
@@ -97,6 +95,9 @@ class Trainer:
         if cfg.batch_size % shards or cfg.batch_size % jax.process_count():
             raise ConfigError(f"batch_size={cfg.batch_size} must divide by data*fsdp={shards} "
                               f"and by the {jax.process_count()} processes")
+        if cfg.slot_buckets and self.mesh.shape["layer"] > 1:
+            raise ConfigError("slot_buckets vary the layer count per batch: the mesh's "
+                              f"layer axis must be 1, got {self.mesh.shape['layer']}")
         if self.max_layers % self.mesh.shape["layer"]:
             raise ConfigError(f"max_layers={self.max_layers} must divide by the mesh's layer "
                               f"axis ({self.mesh.shape['layer']})")
@@ -173,7 +174,8 @@ class Trainer:
         return make_train_iterator(
             self.source, batch_size=self.cfg.batch_size // jax.process_count(),
             max_layers=self.max_layers, seed=self.cfg.seed, flip_prob=self.cfg.flip_prob,
-            prompt_dropout=self.cfg.prompt_dropout, curriculum=self.cfg.curriculum)
+            prompt_dropout=self.cfg.prompt_dropout, curriculum=self.cfg.curriculum,
+            slot_buckets=self.cfg.slot_buckets)
 
     def host_arrays(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
         """A `TrainBatch` as arrays, prompts tokenized to `token_ids[B, L, T]`; a cached
@@ -243,9 +245,11 @@ class Trainer:
         try:
             for step in range(start, cfg.num_steps):
                 batch = self.device_batch(next(iterator))
+                args = (state, self.text_params, batch)
                 if meter is None:  # compiles the step and counts its FLOPs, once
-                    meter = StepMeter(self.step_fn, (state, self.text_params, batch),
-                                      cfg.batch_size, self.mesh.devices.flat, start)
+                    meter = StepMeter(self.step_fn, args, cfg.batch_size,
+                                      self.mesh.devices.flat, start)
+                meter.add(args)  # a batch of a new shape (slot buckets) is counted too
                 state, metrics = self.step_fn(state, self.text_params, batch)
                 metrics = jax.device_get(metrics)
                 self.history.append((step + 1, float(metrics["loss"])))

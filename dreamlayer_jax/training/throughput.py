@@ -9,6 +9,7 @@ MFU = achieved FLOP/s per device / peak FLOP/s per device.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 PEAK_BF16_TFLOPS = {  # dense bf16 per chip, vendor figures
     "tpu v4": 275.0,
@@ -112,27 +114,50 @@ def step_flops(jitted: Any, *args: Any) -> float | None:
 
 
 class StepMeter:
-    """The train loop's throughput: the step's FLOPs counted once, steps timed between logs.
+    """The train loop's throughput: each step program's FLOPs counted once, steps timed
+    between logs.
 
-    The step is compiled here (`step_flops`), so no lap includes its compilation (a
-    recompilation for a changed input layout, as after the first step's donated state,
-    falls in the first lap). `lap(step)` returns `Throughput.report` over the steps
-    since the previous lap, plus `steps_per_second`.
+    The first step's program is compiled here (`step_flops`), so no lap includes its
+    compilation (a recompilation for a changed input layout, as after the first step's
+    donated state, falls in the first lap). `add(args)` before each step counts that
+    step's FLOPs; a batch of a shape not seen yet (slot buckets: another layer count) is
+    compiled and counted on the spot. `lap(step)` returns `Throughput.report` over the
+    steps since the previous lap (their mean FLOPs), plus `steps_per_second`.
     """
 
     def __init__(self, jitted: Any, args: tuple[Any, ...], examples_per_step: int,
                  devices: Any, start_step: int):
         devices = list(devices)
-        per_device = step_flops(jitted, *args)
+        self.jitted = jitted
+        self._flops: dict[Any, float | None] = {}
+        per_device = self._count(args)
         peak, self.peak_source = peak_flops(devices[0])
         self.throughput = Throughput(per_device, examples_per_step, len(devices), peak)
+        self._lap_flops: list[float | None] = []
         self.tick, self.last = time.perf_counter(), start_step
+
+    def _count(self, args: tuple[Any, ...]) -> float | None:
+        key = tuple((tuple(np.shape(x)), str(getattr(x, "dtype", "")))
+                    for x in jax.tree.leaves(args[-1]))  # the batch's shapes
+        if key not in self._flops:
+            self._flops[key] = step_flops(self.jitted, *args)
+        return self._flops[key]
+
+    def add(self, args: tuple[Any, ...]) -> None:
+        """One step of `args` (the jitted step's arguments, the batch last) is run next."""
+        self._lap_flops.append(self._count(args))
 
     def lap(self, step: int) -> dict[str, float]:
         now = time.perf_counter()
         steps, seconds = max(step - self.last, 1), now - self.tick
         self.tick, self.last = now, step
-        numbers = self.throughput.report(steps, seconds)
+        throughput = self.throughput
+        if self._lap_flops:
+            known = [f for f in self._lap_flops if f is not None]
+            per_step = sum(known) / len(known) if len(known) == len(self._lap_flops) else None
+            throughput = dataclasses.replace(throughput, flops_per_step=per_step)
+            self._lap_flops = []
+        numbers = throughput.report(steps, seconds)
         numbers["steps_per_second"] = 1.0 / numbers["seconds_per_step"]
         return numbers
 
