@@ -63,6 +63,9 @@ RECIPES: dict[str, dict[str, Any]] = {
                "train": {"learning_rate": 3e-3}},
     "textenc": {"about": "the text encoder trained with the UNet (v1: random, frozen)",
                 "arch": {}, "train": {"train_text_encoder": True}},
+    "buckets": {"about": "slot buckets: batches padded to their own foreground count, "
+                         "not to 5 slots (less compute per step)",
+                "arch": {}, "train": {"slot_buckets": True}},
     "control": {"about": "single-image control: only the global layer's loss, no CACA/LSSA "
                          "(a plain text-to-image denoiser on the composite)",
                 "arch": {}, "train": {"role_loss_weights": (0.0, 0.0, 1.0), "caca": False,
