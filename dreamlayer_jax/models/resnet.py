@@ -28,16 +28,19 @@ def group_norm(
 def _conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
                           padding: Any, **kwargs: Any) -> jax.Array:
     """`lax.conv_general_dilated` for `nnx.Conv` (`lhs [N, H, W, C]`, `rhs [kh, kw, C, O]`),
-    except on the CPU when the input is smaller than the kernel (a 3x3 conv on 2x2 pixels:
-    SD1.5's lowest level at 16x16 latents). XLA's CPU compiler (jaxlib 0.10) swaps such a
-    convolution's operands (the kernel as the input), and the swapped form runs ~90x
-    slower (3x3, 1280 channels, 4 images: 2.3 s instead of 25 ms), forward and in the
-    gradient's transposed convolutions. There it runs as one matmul over the `kh * kw`
-    shifted views instead (im2col), whose gradient is matmuls too. Same values."""
+    except on the CPU when the input is smaller than twice the kernel (a 3x3 conv on 2x2
+    or 4x4 pixels: SD1.5's two lowest levels at 16x16 latents, its lowest at 32x32). XLA's
+    CPU compiler (jaxlib 0.10) swaps a convolution whose input is smaller than its kernel
+    (the kernel as the input), and the swapped form runs ~90x slower (3x3, 1280 channels,
+    4 images of 2x2: 2.3 s instead of 25 ms); the gradient's transposed convolutions of
+    4x4 inputs fall into it too (the input gradient of a stride-2 3x3 conv from 4x4 to
+    2x2, 1280 channels: 350 ms against 8 ms forward; of the stride-1 conv at 4x4: 75 ms
+    against 16). There it runs as one matmul over the `kh * kw` shifted views instead
+    (im2col), whose gradient is matmuls too: 13 and 23 ms for those two. Same values."""
     dims = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
     kh, kw = rhs.shape[:2]
     if (jax.default_backend() != "cpu" or isinstance(padding, str) or lhs.ndim != 4
-            or (lhs.shape[1] >= kh and lhs.shape[2] >= kw)
+            or (lhs.shape[1] >= 2 * kh and lhs.shape[2] >= 2 * kw)
             or kwargs.get("dimension_numbers") != dims
             or kwargs.get("feature_group_count", 1) != 1
             or any(d != 1 for k in ("lhs_dilation", "rhs_dilation")
