@@ -156,6 +156,52 @@ def resize_nearest(x: jax.Array, size: tuple[int, int]) -> jax.Array:
     return jnp.take(x, _nearest_indices(width, size[1]), axis=2)
 
 
+def _phase_taps(kernel: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
+    """A 3-tap axis of `kernel` folded for the two output phases of a nearest 2x
+    upsampling: phase 0 reads input offsets (-1, 0) with taps (k0, k1 + k2), phase 1
+    offsets (0, +1) with (k0 + k1, k2)."""
+    k0, k1, k2 = (jnp.take(kernel, i, axis=axis) for i in range(3))
+    return jnp.stack([k0, k1 + k2], axis), jnp.stack([k0 + k1, k2], axis)
+
+
+def upsample_conv(conv: nnx.Conv, x: jax.Array) -> jax.Array:
+    """`conv(nearest_2x(x))` for a 3x3, stride-1, padding-1 `conv`: `x [N, H, W, C] ->
+    [N, 2H, 2W, O]`, computed on the low-resolution input.
+
+    Output pixel `(2i + a, 2j + b)` sees only input rows `i - 1, i` (a = 0) or `i, i + 1`
+    (a = 1), and likewise columns, so each of the four output phases is a 2x2 conv of
+    the zero-padded input with the 3x3 taps summed in pairs (`_phase_taps`); the phases
+    interleave into the output. 16 multiply-adds per output pair where the upsampled
+    conv spends 36 (2.25x fewer FLOPs; about 2x faster on the CPU at the VAE decoder's
+    shapes). The same function: only the rounding of the summed taps differs (~1e-7)."""
+    bias = conv.bias[...] if conv.bias is not None else None
+    x, kernel, bias = conv.promote_dtype((x, conv.kernel[...], bias), dtype=conv.dtype)
+    n, h, w, _ = x.shape
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    rows = []
+    for a, row_taps in enumerate(_phase_taps(kernel, 0)):
+        cols = []
+        for b, taps in enumerate(_phase_taps(row_taps, 1)):
+            window = padded[:, a:a + h + 1, b:b + w + 1]
+            dims = jax.lax.conv_dimension_numbers(window.shape, taps.shape,
+                                                  ("NHWC", "HWIO", "NHWC"))
+            cols.append(_conv_general_dilated(window, taps, (1, 1), ((0, 0), (0, 0)),
+                                              dimension_numbers=dims,
+                                              precision=conv.precision))
+        rows.append(jnp.stack(cols, axis=3))  # [N, H, W, 2 (b), O]
+    y = jnp.stack(rows, axis=2).reshape(n, 2 * h, 2 * w, kernel.shape[-1])  # [N, H, 2, W, 2, O]
+    return y if bias is None else y + bias
+
+
+def is_upsample_conv(conv: nnx.Conv) -> bool:
+    """Whether `upsample_conv` computes `conv` after a nearest 2x upsampling."""
+    return (tuple(conv.kernel_size) == (3, 3) and conv.strides in (1, (1, 1))
+            and conv.padding in (1, ((1, 1), (1, 1)), [(1, 1), (1, 1)])
+            and conv.feature_group_count == 1
+            and conv.input_dilation in (None, 1, (1, 1))
+            and conv.kernel_dilation in (None, 1, (1, 1)))
+
+
 class Upsample2D(nnx.Module):
     """Nearest-neighbour upsampling (x2, or to `output_size`) followed by a 3x3 conv."""
 
@@ -165,4 +211,6 @@ class Upsample2D(nnx.Module):
     def __call__(self, x: jax.Array, output_size: tuple[int, int] | None = None) -> jax.Array:
         _, height, width, _ = x.shape
         size = (2 * height, 2 * width) if output_size is None else tuple(output_size)
+        if size == (2 * height, 2 * width) and is_upsample_conv(self.conv):
+            return upsample_conv(self.conv, x)
         return self.conv(resize_nearest(x, size))

@@ -16,6 +16,7 @@ from flax import nnx
 
 from dreamlayer_jax.errors import ConfigError
 from dreamlayer_jax.models.group_norm import GroupNorm
+from dreamlayer_jax.models.resnet import upsample_conv
 
 EPS = 1e-6  # diffusers builds every VAE norm with eps=1e-6
 
@@ -112,15 +113,15 @@ class Downsample(nnx.Module):
 
 
 class Upsample(nnx.Module):
-    """Nearest-neighbour 2x upsampling followed by a 3x3 conv."""
+    """Nearest-neighbour 2x upsampling followed by a 3x3 conv (computed as one on the
+    low-resolution input, `resnet.upsample_conv`)."""
 
     def __init__(self, channels: int, *, rngs: nnx.Rngs, dtype: jnp.dtype = jnp.float32):
         self.conv = conv3x3(channels, channels, rngs=rngs, dtype=dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """`x [N, H, W, C] -> [N, 2H, 2W, C]`."""
-        x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-        return self.conv(x)
+        return upsample_conv(self.conv, x)
 
 
 class DownEncoderBlock(nnx.Module):
