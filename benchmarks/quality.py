@@ -155,21 +155,53 @@ ROW_ARGS = ("scenes", "steps", "guidance", "batch_size", "seed", "count_scenes",
             "decomposition_scenes", "fid_scenes", "no_decomposition")
 
 
+def pipeline_fingerprint(pipe: Any) -> str:
+    """A hash of what a model computes: every parameter of its UNet, text encoders and
+    codec, its DreamLayer config (the guidance floor included) and its scheduler's."""
+    import hashlib
+
+    import jax
+    from flax import nnx
+
+    digest = hashlib.sha256()
+    modules = [pipe.unet, *pipe.conditioner.encoders()]
+    if isinstance(pipe.codec, nnx.Module):
+        modules.append(pipe.codec)
+    for module in modules:
+        for leaf in jax.tree.leaves(nnx.state(module, nnx.Param)):
+            digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    configs = {"dreamlayer": repr(pipe.config), "scheduler": pipe.scheduler.config.to_dict()}
+    digest.update(json.dumps(configs, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
 class RowStore:
     """Measured rows per model in a JSON file beside the report, rewritten as each row
-    finishes, so that `--resume` carries a long run over an interruption."""
+    finishes, so that `--resume` carries a long run over an interruption.
 
-    def __init__(self, path: Path, args: argparse.Namespace):
+    `fingerprints` (model name -> `pipeline_fingerprint`): a model whose weights or
+    settings changed since its rows were stored has them measured again (`stale`)."""
+
+    def __init__(self, path: Path, args: argparse.Namespace,
+                 fingerprints: dict[str, str] | None = None):
         self.path = path
         self.args = {k: getattr(args, k) for k in ROW_ARGS}
+        self.fingerprints = dict(fingerprints or {})
         self.models: dict[str, dict[str, Any]] = {}
+        self.stale: list[str] = []
         if args.resume and path.is_file():
             data = json.loads(path.read_text())
             if data.get("args") != self.args:
                 raise DreamLayerError(
                     f"--resume: {path} was measured with {data.get('args')}, not "
                     f"{self.args}; run without --resume to start over")
-            self.models = data.get("models", {})
+            stored = data.get("fingerprints", {})
+            for model, rows in data.get("models", {}).items():
+                if stored.get(model) != self.fingerprints.get(model, stored.get(model)):
+                    self.stale.append(model)
+                elif model in stored:
+                    self.models[model] = rows
+                    self.fingerprints.setdefault(model, stored[model])
 
     def done(self, model: str) -> dict[str, Any]:
         from dreamlayer_jax.eval.evaluate import AblationRow
@@ -186,7 +218,8 @@ class RowStore:
             "settings": row.settings}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"args": self.args, "models": self.models}, indent=1))
+        tmp.write_text(json.dumps({"args": self.args, "fingerprints": self.fingerprints,
+                                   "models": self.models}, indent=1))
         tmp.replace(self.path)
 
 
@@ -282,10 +315,14 @@ def main(argv: list[str] | None = None) -> int:
     sections = []
     out = Path(args.out)
     try:
-        store = RowStore(out.with_suffix(".rows.json"), args)
+        store = RowStore(out.with_suffix(".rows.json"), args,
+                         {name: pipeline_fingerprint(pipe) for name, pipe in pipes.items()})
     except DreamLayerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    for name in store.stale:
+        print(f"note: {name} changed since its rows were measured (or they predate "
+              "fingerprints): measuring it again")
     args.kept_rows = sum(len(rows) for rows in store.models.values())
     if args.scenes < MIN_SCENES:
         print(f"note: {args.scenes} scenes (< {MIN_SCENES}): indicative only")

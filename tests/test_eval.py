@@ -404,10 +404,17 @@ def test_quality_report_places_the_notes_and_resume_refuses_other_arguments(tmp_
             < text.index("**Still running:** `builtin:paper`") < text.index("box rows"))
 
     rows = tmp_path / "RESULTS.rows.json"
-    store = module.RowStore(rows, module.parse_args(["--steps", "10", "--resume"]))
+    resume = module.parse_args(["--steps", "10", "--resume"])
+    store = module.RowStore(rows, resume, {"builtin:box": "aaaa", "builtin:paper": "bbbb"})
     store.add("builtin:box", AblationRow("all", 200, 2, {"colour": (0.5, 0.1)}, {}))
-    again = module.RowStore(rows, module.parse_args(["--steps", "10", "--resume"]))
+    store.add("builtin:paper", AblationRow("all", 200, 2, {"colour": (0.4, 0.1)}, {}))
+    again = module.RowStore(rows, resume, {"builtin:box": "aaaa", "builtin:paper": "bbbb"})
     assert again.done("builtin:box")["all"].measures == {"colour": (0.5, 0.1)}
+    assert again.stale == []
+    # the box model's weights changed: its rows are measured again, the paper's kept
+    changed = module.RowStore(rows, resume, {"builtin:box": "cccc", "builtin:paper": "bbbb"})
+    assert changed.stale == ["builtin:box"] and changed.done("builtin:box") == {}
+    assert changed.done("builtin:paper")["all"].measures == {"colour": (0.4, 0.1)}
     with pytest.raises(DreamLayerError, match="--resume"):
         module.RowStore(rows, module.parse_args(["--steps", "20", "--resume"]))
 
@@ -426,3 +433,20 @@ def test_fidelity_confusion_counts_what_is_read_and_how_faint_the_layers_are():
     stats = module.alpha_stats([layer], [(0.0, 0.0, 0.5, 0.5)])
     assert stats["peak alpha (median)"] == 1.0 and stats["mean alpha in box"] == 1.0
     assert stats["alpha mass outside box"] == pytest.approx(1 / 17)
+
+
+def test_pipeline_fingerprint_follows_the_weights_and_the_settings():
+    import dataclasses
+
+    from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
+
+    module = _quality_module()
+    box = DreamLayerPipeline.from_pretrained("builtin:box")
+    first = module.pipeline_fingerprint(box)
+    assert first == module.pipeline_fingerprint(DreamLayerPipeline.from_pretrained("builtin:box"))
+    assert first != module.pipeline_fingerprint(DreamLayerPipeline.from_pretrained("builtin:paper"))
+    floor = dataclasses.replace(box.config, guidance_min_timestep=0.0)
+    assert module.pipeline_fingerprint(
+        DreamLayerPipeline(box.unet, box.conditioner, box.codec, box.scheduler)) == first
+    box.unet.config = floor  # the sampler reads the floor from the model's config
+    assert module.pipeline_fingerprint(box) != first
