@@ -61,6 +61,10 @@ RECIPES: dict[str, dict[str, Any]] = {
                "train": {"learning_rate": 3e-4}},
     "lr3e-3": {"about": "learning rate 3e-3 (v1: 1e-3)", "arch": {},
                "train": {"learning_rate": 3e-3}},
+    "zsnr+lr3e-3": {"about": "zsnr and lr3e-3 together (the two best at the baseline's "
+                             "compute)",
+                    "arch": {"scheduler": {"rescale_betas_zero_snr": True}},
+                    "train": {"learning_rate": 3e-3}},
     "textenc": {"about": "the text encoder trained with the UNet (v1: random, frozen)",
                 "arch": {}, "train": {"train_text_encoder": True}},
     "buckets": {"about": "slot buckets: batches padded to their own foreground count, "
