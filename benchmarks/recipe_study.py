@@ -61,6 +61,9 @@ RECIPES: dict[str, dict[str, Any]] = {
                "train": {"learning_rate": 3e-4}},
     "lr3e-3": {"about": "learning rate 3e-3 (v1: 1e-3)", "arch": {},
                "train": {"learning_rate": 3e-3}},
+    "baseline-seed1": {"about": "the baseline with training seed 1 (data order, noise): how "
+                                "far one run of the same recipe moves",
+                       "arch": {}, "train": {"seed": 1}},
     "zsnr+lr3e-3": {"about": "zsnr and lr3e-3 together (the two best at the baseline's "
                              "compute)",
                     "arch": {"scheduler": {"rescale_betas_zero_snr": True}},
