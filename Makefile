@@ -41,19 +41,25 @@ builtin: $(STAMP)
 		$(BIN)/python -m dreamlayer_jax.cli.init_model configs/builtin.py runs/builtin/init
 	$(BIN)/python train.py --config configs/builtin.py --workdir runs/builtin --resume
 
-runs/builtin/export/model_index.json:
-	@echo "error: no runs/builtin/export (v1): run make builtin first" >&2; exit 2
+# the base of v2 and paper: v1's export (V1=dreamlayer_jax/builtin/box starts from the
+# shipped box model instead, without retraining v1)
+V1 ?= runs/builtin/export
 
-builtin-v2: $(STAMP) runs/builtin/export/model_index.json
+.PHONY: builtin-base
+builtin-base:
+	@test -f $(V1)/model_index.json || \
+		{ echo "error: no $(V1) (v1): run make builtin first, or set V1=FOLDER" >&2; exit 2; }
+
+builtin-v2: $(STAMP) builtin-base
 	test -f runs/builtin_v2/init/model_index.json || \
 		$(BIN)/python -m dreamlayer_jax.cli.init_model configs/builtin_v2.py runs/builtin_v2/init \
-			--base runs/builtin/export
+			--base $(V1)
 	$(BIN)/python train.py --config configs/builtin_v2.py --workdir runs/builtin_v2 --resume
 
-builtin-paper: $(STAMP) runs/builtin/export/model_index.json
+builtin-paper: $(STAMP) builtin-base
 	test -f runs/builtin_paper/init/model_index.json || \
 		$(BIN)/python -m dreamlayer_jax.cli.init_model configs/builtin_paper.py \
-			runs/builtin_paper/init --base runs/builtin/export
+			runs/builtin_paper/init --base $(V1)
 	$(BIN)/python train.py --config configs/builtin_paper.py --workdir runs/builtin_paper --resume
 
 # box: v2's export if there is one, else v1's; paper: its export if there is one
