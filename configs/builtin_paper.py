@@ -35,4 +35,6 @@ ARCHITECTURE["dreamlayer"].update(PAPER)
 
 def get_config() -> dict[str, Any]:
     return {**_V2.get_config(), "model": _V2._V1.repo_path("runs/builtin_paper/init"),
-            "dreamlayer": dict(PAPER), "context_loss_weight": 1.0, "layout_loss_weight": 1.0}
+            "dreamlayer": dict(PAPER), "context_loss_weight": 1.0, "layout_loss_weight": 1.0,
+            # its earlier run trained without slot buckets, at 5e-4 (docs/BUILTIN.md)
+            "slot_buckets": False, "learning_rate": 5e-4}
