@@ -92,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     generated = [layer for r in results for layer in r.layers]
     true_layers = [layer for _, truth in pairs for layer in truth.layers]
     boxes = [tuple(b) for _, truth in pairs for b in truth.boxes]
+    reads = {}
     for name, layers in (("generated", generated), ("ground truth", true_layers)):
-        read = classifier.predict(layers)
+        read = reads[name] = classifier.predict(layers)
         print(f"\n### {name}: {len(layers)} foregrounds of {args.scenes} held-out scenes\n")
         for key, names, index in (("shape", SHAPES, 1), ("colour", tuple(COLOURS), 0)):
             print(f"{key}:\n")
@@ -102,8 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             print()
         stats = alpha_stats(layers, boxes)
         print(", ".join(f"{k} {v:.3f}" for k, v in stats.items()))
-    read = classifier.predict(generated)
-    bodies = [(a, r) for a, r in zip(asked, read, strict=True) if r is not None]
+    bodies = [(a, r) for a, r in zip(asked, reads["generated"], strict=True) if r is not None]
     print(f"\nsummary: steps {args.steps}, guidance {args.guidance:g} at t >= "
           f"{args.guidance_min_timestep if args.guidance_min_timestep is not None else 'default'}: "
           f"no body {1 - len(bodies) / len(asked):.2f}; of the bodies colour "

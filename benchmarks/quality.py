@@ -99,6 +99,9 @@ def save_samples(pipe: Any, pairs: list[tuple[Any, Any]], img_dir: Path, rel: st
         for name, switches in SAMPLE_SETTINGS}
     lines = ["Each strip: background, each foreground over a checkerboard, then the "
              "global layer (ground truth: its composite).", ""]
+    # the ground truth depends only on the scene stream (resolution, most foregrounds,
+    # seed): one file for all the models that share it
+    stream = f"{pipe.config.resolution}px_{min(3, pipe.max_foregrounds)}fg_seed{args.seed}"
     for i, (request, truth) in enumerate(pairs):
         lines.append(f"**Scene {i}**: \"{request.prompt}\"")
         lines.append("")
@@ -107,10 +110,6 @@ def save_samples(pipe: Any, pairs: list[tuple[Any, Any]], img_dir: Path, rel: st
         strips += [(name, preview_strip(out[i].background, out[i].layers, out[i].composite))
                    for name, out in generated.items()]
         for name, strip in strips:
-            # the ground truth depends only on the scene stream (seed, resolution, most
-            # foregrounds): one file for all the models that share it
-            stream = (f"{truth.composite.shape[0]}px_{min(3, pipe.max_foregrounds)}fg_"
-                      f"seed{args.seed}")
             owner = stream if name == "ground truth" else slug
             file = f"quality_{owner}_{i:02d}_{name.replace(' ', '_')}.png"
             Image.fromarray(_upscale(strip)).save(img_dir / file)
@@ -197,11 +196,12 @@ class RowStore:
                     f"{self.args}; run without --resume to start over")
             stored = data.get("fingerprints", {})
             for model, rows in data.get("models", {}).items():
-                if stored.get(model) != self.fingerprints.get(model, stored.get(model)):
+                current, then = self.fingerprints.get(model), stored.get(model)
+                if current is not None and current != then:  # changed, or no fingerprint
                     self.stale.append(model)
-                elif model in stored:
+                elif then is not None:  # unchanged, or not measured in this run: kept
                     self.models[model] = rows
-                    self.fingerprints.setdefault(model, stored[model])
+                    self.fingerprints.setdefault(model, then)
 
     def done(self, model: str) -> dict[str, Any]:
         from dreamlayer_jax.eval.evaluate import AblationRow

@@ -178,13 +178,14 @@ def upsample_conv(conv: nnx.Conv, x: jax.Array) -> jax.Array:
     x, kernel, bias = conv.promote_dtype((x, conv.kernel[...], bias), dtype=conv.dtype)
     n, h, w, _ = x.shape
     padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    # every phase: a 2x2 conv of an [N, H + 1, W + 1, C] window
+    dims = jax.lax.conv_dimension_numbers((n, h + 1, w + 1, x.shape[-1]),
+                                          (2, 2, *kernel.shape[2:]), ("NHWC", "HWIO", "NHWC"))
     rows = []
     for a, row_taps in enumerate(_phase_taps(kernel, 0)):
         cols = []
         for b, taps in enumerate(_phase_taps(row_taps, 1)):
             window = padded[:, a:a + h + 1, b:b + w + 1]
-            dims = jax.lax.conv_dimension_numbers(window.shape, taps.shape,
-                                                  ("NHWC", "HWIO", "NHWC"))
             cols.append(_conv_general_dilated(window, taps, (1, 1), ((0, 0), (0, 0)),
                                               dimension_numbers=dims,
                                               precision=conv.precision))
