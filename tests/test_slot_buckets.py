@@ -2,6 +2,7 @@
 scheduled as a pure function of the step (resumable), and a trainer that runs on them."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from tiny_model import SMALL_UNET, TINY_SCHEDULER, TINY_TEXT, WORDS, small_train_fields
@@ -73,16 +74,21 @@ def test_bucketed_batches_pad_less_and_resume_exactly(scenes):
         make_train_iterator(scenes, **{**kwargs, "max_layers": 3})
 
 
-def test_trainer_runs_on_bucketed_batches_of_two_layer_counts(tmp_path):
+PAPER = {"variant": "paper", "context_width": 16, "context_heads": 2, "context_layers": 1}
+
+
+@pytest.mark.parametrize("variant", ["box", "paper"])
+def test_trainer_runs_on_bucketed_batches_of_two_layer_counts(tmp_path, variant):
     from dreamlayer_jax.parallel.mesh import make_mesh
     from dreamlayer_jax.pipeline.create import create_model_folder
     from dreamlayer_jax.training.config import TrainConfig
     from dreamlayer_jax.training.loop import Trainer
 
+    dreamlayer = {"max_layers": 4, "codec": "pixel", "pixel_unshuffle": 2, "resolution": 16,
+                  **(PAPER if variant == "paper" else {})}
     model = create_model_folder(
         tmp_path / "model", unet=SMALL_UNET, text_encoder=TINY_TEXT, words=WORDS,
-        dreamlayer={"max_layers": 4, "codec": "pixel", "pixel_unshuffle": 2,
-                    "resolution": 16}, scheduler=TINY_SCHEDULER)
+        dreamlayer=dreamlayer, scheduler=TINY_SCHEDULER)
     with pytest.raises(ConfigError, match="slot_buckets"):
         TrainConfig(**small_train_fields(model, slot_buckets=True, curriculum=((0, 1),)))
     cfg = TrainConfig(**small_train_fields(model, slot_buckets=True, batch_size=2,
@@ -91,5 +97,12 @@ def test_trainer_runs_on_bucketed_batches_of_two_layer_counts(tmp_path):
     trainer = Trainer(cfg, tmp_path / "run", mesh=make_mesh(1, 1, 1, devices=jax.devices()[:1]))
     it = trainer.make_iterator()
     assert {next(it)["pixels"].shape[1] for _ in range(4)} == {3, 4}
+    if variant == "paper":  # the context-map losses see each bucket's own slot count
+        state, it = trainer.initial_state(), trainer.make_iterator()
+        by_slots = {b["pixels"].shape[1]: b for b in (next(it) for _ in range(4))}
+        for batch in by_slots.values():
+            _, metrics = trainer.step_fn(jax.tree.map(jnp.copy, state), trainer.text_params,
+                                         trainer.device_batch(batch))
+            assert float(metrics["loss_context"]) > 0 and np.isfinite(float(metrics["loss_layout"]))
     history = trainer.run()
     assert len(history) == 4 and all(np.isfinite(loss) for _, loss in history)
