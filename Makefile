@@ -30,9 +30,10 @@ clean:
 	rm -rf $(VENV) .jax_cache .pytest_cache
 
 # The built-in models. `make builtin` trains v1 from a random init (configs/builtin.py);
-# `make builtin-v2` and `make builtin-paper` continue v1's export as the box and the paper
-# variant (configs/builtin_v2.py, configs/builtin_paper.py). None of them deletes: each
-# makes its init folder once and resumes its run (stop it any time, run it again).
+# `make builtin-v2` continues v1's export as the box variant (configs/builtin_v2.py) and
+# `make builtin-paper` starts the paper variant from v2's (configs/builtin_paper.py).
+# None of them deletes: each makes its init folder once and resumes its run (stop it any
+# time, run it again).
 # `make install-builtin` then copies the exports over the models shipped in
 # dreamlayer_jax/builtin/<box|paper>/ (an explicit, separate step).
 .PHONY: builtin builtin-v2 builtin-paper install-builtin
@@ -41,7 +42,7 @@ builtin: $(STAMP)
 		$(BIN)/python -m dreamlayer_jax.cli.init_model configs/builtin.py runs/builtin/init
 	$(BIN)/python train.py --config configs/builtin.py --workdir runs/builtin --resume
 
-# the base of v2 and paper: v1's export (V1=dreamlayer_jax/builtin/box starts from the
+# the base of v2: v1's export (V1=dreamlayer_jax/builtin/box starts from the
 # shipped box model instead, without retraining v1)
 V1 ?= runs/builtin/export
 
@@ -56,10 +57,15 @@ builtin-v2: $(STAMP) builtin-base
 			--base $(V1)
 	$(BIN)/python train.py --config configs/builtin_v2.py --workdir runs/builtin_v2 --resume
 
-builtin-paper: $(STAMP) builtin-base
+# the paper variant starts from the box model v2's export (configs/builtin_paper.py)
+V2 ?= runs/builtin_v2/export
+
+builtin-paper: $(STAMP)
+	@test -f $(V2)/model_index.json || \
+		{ echo "error: no $(V2) (v2): run make builtin-v2 first, or set V2=FOLDER" >&2; exit 2; }
 	test -f runs/builtin_paper/init/model_index.json || \
 		$(BIN)/python -m dreamlayer_jax.cli.init_model configs/builtin_paper.py \
-			runs/builtin_paper/init --base $(V1)
+			runs/builtin_paper/init --base $(V2)
 	$(BIN)/python train.py --config configs/builtin_paper.py --workdir runs/builtin_paper --resume
 
 # box: v2's export if there is one, else v1's; paper: its export if there is one

@@ -1,18 +1,21 @@
-"""The built-in model, paper variant (issue #15): v1's weights as DreamLayer's paper states it.
+"""The built-in model, paper variant (issue #15): the box model's weights as DreamLayer's
+paper states it.
 
-The same start as `configs/builtin_v2.py` (v1's export with 64 text positions), loaded
-as the paper variant: its parts start fresh (zero layer assign embedding, the context-aware
-layers' zero head, foreground K/V copied from the shared K/V), so at step 0 it computes
-what the box model without boxes computes. Trained with the paper's context-map and
-layout losses (weights 1, 1) besides the v-prediction loss, every parameter trained
-(the paper trains K/V only because its base model is a pretrained SD; this one is ours).
-Context-aware layers sized for a 64-wide text encoder: 1 layer, width 32, 2 heads.
+It starts from the box model v2's export (`configs/builtin_v2.py`; 64 text positions),
+loaded as the paper variant: its parts start fresh (zero layer assign embedding, the
+context-aware layers' zero head, foreground K/V copied from the shared K/V), so at step
+0 it computes what the box model without boxes computes. Trained with the paper's
+context-map and layout losses (weights 1, 1) besides the v-prediction loss, every
+parameter trained (the paper trains K/V only because its base model is a pretrained SD;
+this one is ours), with v2's learning rate and slot buckets (`tests/test_slot_buckets.py`
+runs the paper losses on them). Context-aware layers sized for a 64-wide text encoder:
+1 layer, width 32, 2 heads.
 
     python -m dreamlayer_jax.cli.init_model configs/builtin_paper.py runs/builtin_paper/init \
-        --base runs/builtin/export
+        --base runs/builtin_v2/export
     python train.py --config configs/builtin_paper.py --workdir runs/builtin_paper --resume
 
-(`make builtin-paper`, after `make builtin`.)
+(`make builtin-paper`, after `make builtin-v2`.)
 """
 
 from __future__ import annotations
@@ -35,6 +38,4 @@ ARCHITECTURE["dreamlayer"].update(PAPER)
 
 def get_config() -> dict[str, Any]:
     return {**_V2.get_config(), "model": _V2._V1.repo_path("runs/builtin_paper/init"),
-            "dreamlayer": dict(PAPER), "context_loss_weight": 1.0, "layout_loss_weight": 1.0,
-            # its earlier run trained without slot buckets, at 5e-4 (docs/BUILTIN.md)
-            "slot_buckets": False, "learning_rate": 5e-4}
+            "dreamlayer": dict(PAPER), "context_loss_weight": 1.0, "layout_loss_weight": 1.0}
