@@ -13,6 +13,9 @@ Per scene it measures:
   between the colour variants, against the same distance between seeds;
 - the classifier's reads of the variants (shape of the shape variants, colour of the
   colour variants, over the layers with a body);
+- sampler-free, per timestep: the denoiser's error on the foreground with a wrong shape
+  (colour) word over its error with the right one, from the true noisy scene: above 1
+  where the model uses the word;
 - in text space: the mean pairwise distance of the text encoder's output `[T, D]`
   between the shape-swapped prompts and between the colour-swapped ones, relative to its
   norm, which says whether the frozen encoder keeps the words apart.
@@ -44,6 +47,8 @@ from dreamlayer_jax.data.synthetic_vocab import (  # noqa: E402
 from dreamlayer_jax.errors import DreamLayerError  # noqa: E402
 from dreamlayer_jax.eval.measures import box_coverage  # noqa: E402
 from dreamlayer_jax.pipeline.scene import Layer, Scene  # noqa: E402
+
+TIMESTEPS = (50, 200, 400, 600, 800)
 
 
 def pairwise(values: list[np.ndarray], distance) -> float:
@@ -90,6 +95,128 @@ def text_spread(pipe, prompts: list[str]) -> float:
     return pairwise(emb, lambda a, b: float(np.linalg.norm(a - b))) / norm
 
 
+def denoiser_gain(pipe, pairs: list, timesteps: tuple[int, ...], seed: int) -> dict:
+    """Sampler-free: the held-out truth noised to `t`, denoised once with the foreground's
+    true prompt and with each wrong shape (colour) word; per `t`, the foreground slot's
+    error on the model's target with the wrong words over the error with the right one
+    (mean over scenes and wrong words). Above 1 where the word lowers the error: the
+    denoiser uses it."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from dreamlayer_jax.data.batch import pad_example
+    from dreamlayer_jax.data.scene_example import scene_to_example
+    from dreamlayer_jax.schedulers.forward_process import add_noise, get_target
+
+    sched, prediction = pipe.scheduler, pipe.scheduler.config.prediction_type
+    pixels = np.stack([pad_example(scene_to_example(truth, str(i)), 3)["pixels"]
+                       for i, (_, truth) in enumerate(pairs)])  # [B, 3, H, W, 4]
+    b = len(pairs)
+    x0 = pipe.codec.encode(jnp.asarray(pixels.reshape(b * 3, *pixels.shape[2:])))
+    x0 = x0.reshape(b, 3, *x0.shape[1:])
+    graph, params = nnx.split(pipe.unet)
+
+    @jax.jit
+    def fg_error(params, ctx, x_t, target, t):
+        out = nnx.merge(graph, params)(x_t, jnp.broadcast_to(t[:, None], (b, 3)), ctx)
+        return jnp.mean((out[:, 1] - target[:, 1]) ** 2, axis=(1, 2, 3))  # [B]
+
+    def contexts(key: str, names) -> list:
+        """Per name, the batch's context with every scene's foreground word replaced."""
+        out = []
+        for name in names:
+            scenes = [variant(r, t.meta["layer_attributes"][0], t.background_prompt,
+                              **{key: name}) for r, t in pairs]
+            out.append(pipe.layer_context(scenes)[0])
+        return out
+
+    right = pipe.layer_context([r for r, _ in pairs])[0]
+    gains: dict = {}
+    for key, names in (("shape", SHAPES), ("colour", list(COLOURS))):
+        asked = np.array([[t.meta["layer_attributes"][0][key] == n for n in names]
+                          for _, t in pairs])  # [B, names]
+        # a colour swap onto the background's colour is a valid prompt; counted as wrong
+        wrong_ctx = contexts(key, names)
+        for t in timesteps:
+            noise = jax.random.normal(jax.random.fold_in(jax.random.key(seed), t), x0.shape)
+            tt = jnp.full((b,), t, jnp.int32)
+            x_t = add_noise(sched, x0, noise, tt)
+            target = get_target(sched, x0, noise, tt, prediction)
+            base = np.asarray(fg_error(params, right, x_t, target, tt))
+            errs = np.stack([np.asarray(fg_error(params, c, x_t, target, tt))
+                             for c in wrong_ctx], axis=1)  # [B, names]
+            ratio = [errs[i][~asked[i]].mean() / base[i] for i in range(b)]
+            gains[(key, t)] = (float(np.mean(ratio)),
+                               float(1.96 * np.std(ratio, ddof=1) / np.sqrt(b)))
+    return gains
+
+
+def mean_ci(values) -> str:
+    v = np.asarray(values, np.float64)
+    return f"{v.mean():.3f} ± {1.96 * v.std(ddof=1) / np.sqrt(len(v)):.3f}"
+
+
+def sampled_table(pipe, pairs: list, steps: int, guidance: float, seed: int) -> list[str]:
+    """The sampled measures of the module docstring, as markdown table rows."""
+    from dreamlayer_jax.eval.classifier import train_classifier
+
+    res = pipe.config.resolution
+    classifier = train_classifier(res, seed=seed, picture=False)
+    # every scene's requests: 8 shapes, the colours but the background's, 8 seeds
+    jobs: list[tuple[int, str, str, Scene, int]] = []  # (scene, kind, asked, request, seed)
+    for i, (request, truth) in enumerate(pairs):
+        attrs, bg = truth.meta["layer_attributes"][0], truth.background_prompt
+        base = 1000 * (seed + 1) + i
+        jobs += [(i, "shape", s, variant(request, attrs, bg, shape=s), base) for s in SHAPES]
+        colours = [c for c in COLOURS if c != truth.meta["background_attributes"]["colour"]]
+        jobs += [(i, "colour", c, variant(request, attrs, bg, colour=c), base) for c in colours]
+        jobs += [(i, "seed", attrs["shape"], request, base + 7919 * k) for k in range(8)]
+    layers: list[np.ndarray] = []
+    for start in range(0, len(jobs), 8):
+        chunk = jobs[start : start + 8]
+        chunk = chunk + [chunk[-1]] * (8 - len(chunk))
+        out = pipe([j[3] for j in chunk], num_inference_steps=steps, guidance_scale=guidance,
+                   seed=[j[4] for j in chunk])
+        layers += [r.layers[0] for r in out]
+    layers = layers[: len(jobs)]
+    reads = classifier.predict(layers)
+
+    def euclid(a, b) -> float:
+        return float(np.linalg.norm(a - b))
+
+    rows: dict[str, list[float]] = {k: [] for k in ("shape", "seed_alpha", "truth", "colour",
+                                                   "seed_rgb")}
+    hits: dict[str, list[bool]] = {"shape": [], "colour": []}
+    for i, (_, truth) in enumerate(pairs):
+        box, size_name = truth.boxes[0], truth.meta["layer_attributes"][0]["size"]
+        dist = alpha_distance(box_coverage(tuple(box), res, res))
+        by = {k: [(j, layer, read) for j, layer, read in zip(jobs, layers, reads, strict=True)
+                  if j[0] == i and j[1] == k] for k in ("shape", "colour", "seed")}
+        alphas = {k: [layer[..., 3] / 255.0 for _, layer, _ in v] for k, v in by.items()}
+        rgb = {k: [body_colour(layer) for _, layer, _ in v] for k, v in by.items()}
+        rows["shape"].append(pairwise(alphas["shape"], dist))
+        rows["seed_alpha"].append(pairwise(alphas["seed"], dist))
+        rows["truth"].append(pairwise(truth_shapes(box, size_name, res), dist))
+        rows["colour"].append(pairwise(rgb["colour"], euclid))
+        rows["seed_rgb"].append(pairwise(rgb["seed"], euclid))
+        for kind, index in (("shape", 1), ("colour", 0)):
+            hits[kind] += [read[index] == j[2] for j, _, read in by[kind] if read is not None]
+    shape_ratio = np.asarray(rows["shape"]) / np.maximum(rows["seed_alpha"], 1e-9)
+    colour_ratio = np.asarray(rows["colour"]) / np.maximum(rows["seed_rgb"], 1e-9)
+    out = [f"| alpha change, shape word swapped (same seed) | {mean_ci(rows['shape'])} |",
+           f"| alpha change, seed changed (same prompt) | {mean_ci(rows['seed_alpha'])} |",
+           f"| shape effect / seed effect | {mean_ci(shape_ratio)} |",
+           f"| alpha change between the true shapes (reference) | {mean_ci(rows['truth'])} |",
+           f"| body colour change, colour word swapped | {mean_ci(rows['colour'])} |",
+           f"| body colour change, seed changed | {mean_ci(rows['seed_rgb'])} |",
+           f"| colour effect / seed effect | {mean_ci(colour_ratio)} |"]
+    for kind, chance in (("shape", 1 / len(SHAPES)), ("colour", 1 / 7)):
+        out.append(f"| {kind} read as asked, of {len(hits[kind])} variants with a body "
+                   f"(chance {chance:.2f}) | {np.mean(hits[kind]):.3f} |")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="model folder or builtin[:box|:paper]")
@@ -97,9 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--denoiser-only", action="store_true",
+                        help="only the sampler-free table (seconds, not minutes)")
     args = parser.parse_args(argv)
 
-    from dreamlayer_jax.eval.classifier import train_classifier
     from dreamlayer_jax.eval.scenes import held_out_scenes
     from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
 
@@ -108,75 +236,26 @@ def main(argv: list[str] | None = None) -> int:
     except DreamLayerError as exc:
         print(f"error: cannot load {args.model or 'the built-in model'}: {exc}", file=sys.stderr)
         return 2
-    res = pipe.config.resolution
-    classifier = train_classifier(res, seed=args.seed, picture=False)
-    pairs = held_out_scenes(args.scenes, args.seed, res, num_foregrounds=1)
-
-    # every scene's requests: 8 shapes, the colours but the background's, 8 seeds
-    jobs: list[tuple[int, str, str, Scene, int]] = []  # (scene, kind, asked, request, seed)
-    for i, (request, truth) in enumerate(pairs):
-        attrs, bg = truth.meta["layer_attributes"][0], truth.background_prompt
-        seed = 1000 * (args.seed + 1) + i
-        jobs += [(i, "shape", s, variant(request, attrs, bg, shape=s), seed) for s in SHAPES]
-        colours = [c for c in COLOURS if c != truth.meta["background_attributes"]["colour"]]
-        jobs += [(i, "colour", c, variant(request, attrs, bg, colour=c), seed) for c in colours]
-        jobs += [(i, "seed", attrs["shape"], request, seed + 7919 * k) for k in range(8)]
-    layers: list[np.ndarray] = []
-    for start in range(0, len(jobs), 8):
-        chunk = jobs[start : start + 8]
-        chunk = chunk + [chunk[-1]] * (8 - len(chunk))
-        out = pipe([j[3] for j in chunk], num_inference_steps=args.steps,
-                   guidance_scale=args.guidance, seed=[j[4] for j in chunk])
-        layers += [r.layers[0] for r in out]
-    layers = layers[: len(jobs)]
-    reads = classifier.predict(layers)
-
-    rows = {k: [] for k in ("shape", "seed_alpha", "truth", "colour", "seed_rgb")}
-    hits = {"shape": [], "colour": []}
-    for i, (_, truth) in enumerate(pairs):
-        box, size_name = truth.boxes[0], truth.meta["layer_attributes"][0]["size"]
-        dist = alpha_distance(box_coverage(tuple(box), res, res))
-        mine = [(j, layer, read) for j, layer, read in zip(jobs, layers, reads, strict=True)
-                if j[0] == i]
-        by = {k: [(j, layer, read) for j, layer, read in mine if j[1] == k]
-              for k in ("shape", "colour", "seed")}
-        alphas = {k: [layer[..., 3] / 255.0 for _, layer, _ in v] for k, v in by.items()}
-        rgb = {k: [body_colour(layer) for _, layer, _ in v] for k, v in by.items()}
-        euclid = lambda a, b: float(np.linalg.norm(a - b))  # noqa: E731
-        rows["shape"].append(pairwise(alphas["shape"], dist))
-        rows["seed_alpha"].append(pairwise(alphas["seed"], dist))
-        rows["truth"].append(pairwise(truth_shapes(box, size_name, res), dist))
-        rows["colour"].append(pairwise(rgb["colour"], euclid))
-        rows["seed_rgb"].append(pairwise(rgb["seed"], euclid))
-        for kind, index in (("shape", 1), ("colour", 0)):
-            hits[kind] += [read[index] == j[2] for j, _, read in by[kind] if read is not None]
+    pairs = held_out_scenes(args.scenes, args.seed, pipe.config.resolution, num_foregrounds=1)
+    print(f"## {args.model or 'builtin'}: {len(pairs)} one-foreground held-out scenes\n")
+    print(f"Sampled ({args.steps} steps, guidance {args.guidance:g}) and in text space:\n")
+    print("| measure | value |\n|---|---|")
+    if not args.denoiser_only:
+        print("\n".join(sampled_table(pipe, pairs, args.steps, args.guidance, args.seed)))
     request, truth = pairs[0]
     attrs, bg = truth.meta["layer_attributes"][0], truth.background_prompt
-    def prompts(key, names):
-        return [variant(request, attrs, bg, **{key: n}).layers[0].prompt for n in names]
-
-    def mean_ci(values: list[float]) -> str:
-        v = np.asarray(values)
-        return f"{v.mean():.3f} ± {1.96 * v.std(ddof=1) / np.sqrt(len(v)):.3f}"
-
-    print(f"## {args.model or 'builtin'}: {len(pairs)} one-foreground held-out scenes, "
-          f"{args.steps} steps, guidance {args.guidance:g}\n")
-    print("| measure | value |\n|---|---|")
-    print(f"| alpha change, shape word swapped (same seed) | {mean_ci(rows['shape'])} |")
-    print(f"| alpha change, seed changed (same prompt) | {mean_ci(rows['seed_alpha'])} |")
-    ratio = np.asarray(rows["shape"]) / np.maximum(rows["seed_alpha"], 1e-9)
-    print(f"| shape effect / seed effect | {mean_ci(list(ratio))} |")
-    print(f"| alpha change between the true shapes (reference) | {mean_ci(rows['truth'])} |")
-    print(f"| body colour change, colour word swapped | {mean_ci(rows['colour'])} |")
-    print(f"| body colour change, seed changed | {mean_ci(rows['seed_rgb'])} |")
-    ratio = np.asarray(rows["colour"]) / np.maximum(rows["seed_rgb"], 1e-9)
-    print(f"| colour effect / seed effect | {mean_ci(list(ratio))} |")
-    for kind, chance in (("shape", 1 / len(SHAPES)), ("colour", 1 / 7)):
-        print(f"| {kind} read as asked, of {len(hits[kind])} variants with a body "
-              f"(chance {chance:.2f}) | {np.mean(hits[kind]):.3f} |")
     for key, names in (("shape", SHAPES), ("colour", list(COLOURS))):
-        print(f"| text embedding spread, {key} words | "
-              f"{text_spread(pipe, prompts(key, names)):.3f} |")
+        prompts = [variant(request, attrs, bg, **{key: n}).layers[0].prompt for n in names]
+        print(f"| text embedding spread, {key} words | {text_spread(pipe, prompts):.3f} |")
+    gains = denoiser_gain(pipe, pairs, TIMESTEPS, args.seed)
+    print("\nOne denoising step from the true noisy scene: the foreground's error with a "
+          "wrong word over its error with the right one (1 = the word is not used)\n")
+    print("| t | " + " | ".join(str(t) for t in TIMESTEPS) + " |")
+    print("|---|" + "---|" * len(TIMESTEPS))
+    for key in ("shape", "colour"):
+        print(f"| {key} word | " + " | ".join(f"{gains[(key, t)][0]:.3f} ± "
+                                              f"{gains[(key, t)][1]:.3f}" for t in TIMESTEPS)
+              + " |")
     return 0
 
 
