@@ -450,3 +450,31 @@ def test_pipeline_fingerprint_follows_the_weights_and_the_settings():
         DreamLayerPipeline(box.unet, box.conditioner, box.codec, box.scheduler)) == first
     box.unet.config = floor  # the sampler reads the floor from the model's config
     assert module.pipeline_fingerprint(box) != first
+
+
+def test_prompt_sensitivity_swaps_one_word_and_measures_changes_over_the_box():
+    from dreamlayer_jax.pipeline.scene import Layer, Scene
+
+    module = _quality_module("prompt_sensitivity")
+    attrs = {"size": "small", "colour": "red", "shape": "star"}
+    request = Scene("a small red star in front of a blue floor", "a blue floor",
+                    (Layer("a small red star", (0.1, 0.2, 0.5, 0.6)),))
+    ring = module.variant(request, attrs, "a blue floor", shape="ring")
+    assert ring.layers == (Layer("a small red ring", (0.1, 0.2, 0.5, 0.6)),)
+    assert ring.prompt == "a small red ring in front of a blue floor"
+    assert module.variant(request, attrs, "a blue floor", colour="orange").layers[0].prompt \
+        == "a small orange star"
+    assert module.pairwise([np.array(0.0), np.array(1.0), np.array(3.0)],
+                           lambda a, b: float(abs(a - b))) == pytest.approx(2.0)  # (1+3+2)/3
+    coverage = np.zeros((4, 4))
+    coverage[:2, :2] = 1.0
+    a, b = np.zeros((4, 4)), np.zeros((4, 4))
+    b[0, 0], b[3, 3] = 1.0, 1.0  # one pixel changed inside the box, one outside
+    assert module.alpha_distance(coverage)(a, b) == pytest.approx(0.25)
+    layer = np.zeros((2, 2, 4), np.uint8)
+    layer[0, 0] = (255, 0, 0, 255)
+    layer[1, 1] = (0, 0, 255, 0)  # invisible: not counted
+    np.testing.assert_allclose(module.body_colour(layer), [1.0, 0.0, 0.0])
+    shapes = module.truth_shapes((0.25, 0.25, 0.75, 0.75), "large", 32)
+    assert len(shapes) == 8 and all(s.max() == 1.0 for s in shapes)
+    assert min(np.abs(x - y).mean() for i, x in enumerate(shapes) for y in shapes[i + 1:]) > 0
