@@ -86,3 +86,26 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     line = lambda r: "| " + " | ".join(c.rjust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
     return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
                       *map(line, cells)])
+
+
+def add_sampling_args(parser: Any, scenes: int) -> None:
+    """The held-out sampling flags shared by the model benchmarks: `--model`, `--scenes`,
+    `--steps`, `--guidance`, `--seed`."""
+    parser.add_argument("--model", default=None, help="model folder or builtin[:box|:paper]")
+    parser.add_argument("--scenes", type=int, default=scenes)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def load_pipeline(model: str | None) -> Any:
+    """`DreamLayerPipeline.from_pretrained(model)`, or None after a one-line error on
+    stderr (the caller exits with 2)."""
+    from dreamlayer_jax.errors import DreamLayerError
+    from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
+
+    try:
+        return DreamLayerPipeline.from_pretrained(model)
+    except DreamLayerError as exc:
+        print(f"error: cannot load {model or 'the built-in model'}: {exc}", file=sys.stderr)
+        return None

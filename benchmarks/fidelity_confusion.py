@@ -18,11 +18,12 @@ import sys
 from collections import Counter
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
+from common import add_sampling_args, load_pipeline  # noqa: E402
 
 from dreamlayer_jax.data.synthetic_vocab import COLOURS, SHAPES  # noqa: E402
-from dreamlayer_jax.errors import DreamLayerError  # noqa: E402
 from dreamlayer_jax.eval.measures import box_coverage, layout_alignment  # noqa: E402
 
 
@@ -60,24 +61,17 @@ def confusion(asked: list[str], read: list[str | None], names: tuple[str, ...]) 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None, help="model folder or builtin[:box|:paper]")
-    parser.add_argument("--scenes", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--guidance", type=float, default=5.0)
+    add_sampling_args(parser, scenes=64)
     parser.add_argument("--guidance-min-timestep", type=float, default=None,
                         help="guide only at t >= this (default: the model's own)")
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     from dreamlayer_jax.eval.classifier import train_classifier
     from dreamlayer_jax.eval.evaluate import generate
     from dreamlayer_jax.eval.scenes import held_out_scenes
-    from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
 
-    try:
-        pipe = DreamLayerPipeline.from_pretrained(args.model)
-    except DreamLayerError as exc:
-        print(f"error: cannot load {args.model or 'the built-in model'}: {exc}", file=sys.stderr)
+    pipe = load_pipeline(args.model)
+    if pipe is None:
         return 2
     resolution = pipe.config.resolution
     classifier = train_classifier(resolution, seed=args.seed, picture=False)

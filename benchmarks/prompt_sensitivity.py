@@ -34,8 +34,10 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
+from common import add_sampling_args, load_pipeline  # noqa: E402
 
 from dreamlayer_jax.data.synthetic_vocab import (  # noqa: E402
     COLOURS,
@@ -44,7 +46,6 @@ from dreamlayer_jax.data.synthetic_vocab import (  # noqa: E402
     global_prompt,
     layer_prompt,
 )
-from dreamlayer_jax.errors import DreamLayerError  # noqa: E402
 from dreamlayer_jax.eval.measures import box_coverage  # noqa: E402
 from dreamlayer_jax.pipeline.scene import Layer, Scene  # noqa: E402
 
@@ -219,22 +220,15 @@ def sampled_table(pipe, pairs: list, steps: int, guidance: float, seed: int) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None, help="model folder or builtin[:box|:paper]")
-    parser.add_argument("--scenes", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--guidance", type=float, default=5.0)
-    parser.add_argument("--seed", type=int, default=0)
+    add_sampling_args(parser, scenes=16)
     parser.add_argument("--denoiser-only", action="store_true",
                         help="only the sampler-free table (seconds, not minutes)")
     args = parser.parse_args(argv)
 
     from dreamlayer_jax.eval.scenes import held_out_scenes
-    from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
 
-    try:
-        pipe = DreamLayerPipeline.from_pretrained(args.model)
-    except DreamLayerError as exc:
-        print(f"error: cannot load {args.model or 'the built-in model'}: {exc}", file=sys.stderr)
+    pipe = load_pipeline(args.model)
+    if pipe is None:
         return 2
     pairs = held_out_scenes(args.scenes, args.seed, pipe.config.resolution, num_foregrounds=1)
     print(f"## {args.model or 'builtin'}: {len(pairs)} one-foreground held-out scenes\n")
