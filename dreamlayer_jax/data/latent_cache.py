@@ -14,7 +14,7 @@ Each record is one scene laid out in `L` slots (`data.batch.pad_example`):
     layer_valid      uint8 [L], boxes float32 [L, 4], prompts L str, scene_id, num_foregrounds
     text_embeds      float32 [L, P], time_ids float32 [L, 6]   (SDXL only)
     token_ids        int32 [L, T]          (paper variant: its global slot's token owners)
-    alphas           uint8 [L, H, W]       (paper variant: the context loss' target)
+    alphas           uint8 [L, H, W]       (paper variant, edge_loss_weight > 0)
 
 `empty_prompt.npz` beside the records holds the empty prompt's `text [T, D]` (and
 `text_embeds [P]`): prompt dropout swaps a slot's embedding for it, as the raw path

@@ -68,6 +68,8 @@ FIELD_HELP: dict[str, str] = {
     "min_snr_gamma": "min-SNR loss weighting gamma; 0 = off",
     "timestep_range": "(low, high): train on timesteps low <= t < high only (a noise-level "
                       "expert, e.g. (0, 250) to fine-tune the low-noise steps); (0, 0) = all",
+    "edge_loss_weight": "foreground layers' loss weighted 1 + w at their alpha edges, "
+                        "renormalised per layer (losses.edge_weights); 0 = uniform",
     "role_loss_weights": "loss weights of (background, foregrounds, global)",
     "slot_buckets": "batches of alike foreground counts padded to their own slot count, "
                     "not max_layers (data.slot_buckets; raw scenes, no curriculum)",
@@ -135,6 +137,7 @@ class TrainConfig:
     min_snr_gamma: float = 0.0  # 0 = off
     timestep_range: tuple[int, int] = (0, 0)  # low <= t < high; (0, 0) = every timestep
     role_loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # bg, fg, global
+    edge_loss_weight: float = 0.0  # foregrounds' loss towards their alpha edges; 0 = off
     slot_buckets: bool = False  # pad each batch only as far as its scenes need
     flip_prob: float = 0.5
     prompt_dropout: float = 0.1
@@ -211,9 +214,10 @@ class TrainConfig:
         if (low, high) != (0, 0) and not 0 <= low < high:
             raise ConfigError(f"train config: timestep_range={self.timestep_range!r} must be "
                               "(low, high) with 0 <= low < high, or (0, 0) for all timesteps")
-        if self.warmup_steps < 0 or self.sample_every < 0 or self.min_snr_gamma < 0:
-            raise ConfigError("train config: warmup_steps, sample_every and min_snr_gamma "
-                              "must be >= 0")
+        if min(self.warmup_steps, self.sample_every, self.min_snr_gamma,
+               self.edge_loss_weight) < 0:
+            raise ConfigError("train config: warmup_steps, sample_every, min_snr_gamma and "
+                              "edge_loss_weight must be >= 0")
         if len(self.role_loss_weights) != 3 or min(self.role_loss_weights) < 0:
             raise ConfigError("train config: role_loss_weights must be three weights >= 0 "
                               "(background, foreground, global)")

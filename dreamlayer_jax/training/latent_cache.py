@@ -9,9 +9,10 @@ train step's own encoders (`training.step.encode_layers`, `encode_layer_text`,
 `layer_token_ids`) over them in jitted chunks: latents of the scene and of its mirror
 image, each slot's text embedding (SDXL: pooled text and time ids too; the paper
 variant: its concatenated global prompt, the token ids and the alphas its context loss
-reads), plus the empty prompt's embedding for prompt dropout. `data.latent_cache`
-writes them atomically. The cache's `fingerprint` (codec and text-encoder weights,
-tokenizers, variant, `L`) must match the trained model's (`open_cache`).
+reads; the alphas too with `edge_loss_weight`), plus the empty prompt's embedding for
+prompt dropout. `data.latent_cache` writes them atomically. The cache's `fingerprint`
+(codec and text-encoder weights, tokenizers, variant, `L`)
+must match the trained model's (`open_cache`).
 """
 
 from __future__ import annotations
@@ -137,8 +138,8 @@ def _encoder(pipe: Any, paper: bool, empty_ids: np.ndarray | None) -> Callable:
 
 
 def _records(pipe: Any, source: Any, max_layers: int, chunk: int, paper: bool,
-             empty_ids: np.ndarray | None, progress: Callable[[int], None] | None
-             ) -> Iterator[dict[str, Any]]:
+             with_alphas: bool, empty_ids: np.ndarray | None,
+             progress: Callable[[int], None] | None) -> Iterator[dict[str, Any]]:
     """One record per scene of `source`, in order (`data.latent_cache`'s layout)."""
     cond = pipe.conditioner
     text_params = [nnx.to_pure_dict(p) for p in cond.params]
@@ -158,6 +159,7 @@ def _records(pipe: Any, source: Any, max_layers: int, chunk: int, paper: bool,
                 record.update({k: np.asarray(v[j], np.float32) for k, v in added.items()})
             if paper:
                 record["token_ids"] = arrays["token_ids"][j].astype(np.int32)
+            if with_alphas:
                 record["alphas"] = to_uint8(arrays["pixels"][j, ..., 3])
             yield record
         if progress is not None:
@@ -181,12 +183,13 @@ def cache_latents(cfg: TrainConfig, out: str | os.PathLike, *, chunk: int = 4,
                                               dreamlayer=cfg.dreamlayer)
     max_layers = cfg.max_layers or pipe.config.max_layers
     paper = pipe.config.variant == "paper"
+    with_alphas = paper or cfg.edge_loss_weight > 0  # the context loss', the edge weights'
     source = load_train_source(cfg, max_layers)
     cond = pipe.conditioner
     empty_ids = (cond.tokenize([""])[0][0]
                  if cond.is_sdxl and cond.force_zeros_for_empty_prompt else None)
     keys = [*(["text_embeds", "time_ids"] if cond.is_sdxl else []),
-            *(["token_ids", "alphas"] if paper else [])]
+            *(["token_ids"] if paper else []), *(["alphas"] if with_alphas else [])]
     first = pad_example(source[0], max_layers)["pixels"]
     empty_text, empty_added = jax.jit(encode_layer_text, static_argnums=(0, 3))(
         cond.graphdefs, [nnx.to_pure_dict(p) for p in cond.params],
@@ -197,7 +200,7 @@ def cache_latents(cfg: TrainConfig, out: str | os.PathLike, *, chunk: int = 4,
     metadata = {"fingerprint": cache_fingerprint(pipe, max_layers), "keys": keys,
                 "count": len(source), "source": cfg.data_dir or "synthetic",
                 "seed": cfg.seed}
-    return write_cache(out, _records(pipe, source, max_layers, chunk, paper, empty_ids,
-                                     progress),
+    return write_cache(out, _records(pipe, source, max_layers, chunk, paper, with_alphas,
+                                     empty_ids, progress),
                        keys=keys, metadata=metadata, empty=empty, split=cfg.split)
 

@@ -14,6 +14,11 @@ The paper variant (DESIGN.md section 8) adds, per foreground `f` with a map:
   `L_c`) teach the foreground's own cross-attention, rather than the reverse.
 Both are squared errors averaged over each map's pixels, then over the foregrounds
 counted in `mask`; 0 when there is none.
+
+`edge_weights` (either variant, `TrainConfig.edge_loss_weight`) weights each foreground
+layer's denoising loss towards its alpha edges: a shape lives in the few pixels around
+its silhouette, a colour in the whole body, so under a uniform loss the shape term is
+small and learnt late (docs/BUILTIN.md, "Why it draws no shapes").
 """
 
 from __future__ import annotations
@@ -48,19 +53,25 @@ def role_weights(roles: jax.Array, weights: Sequence[float]) -> jax.Array:
     return jnp.asarray(weights, jnp.float32)[roles]
 
 
-def layer_mse(pred: jax.Array, target: jax.Array) -> jax.Array:
-    """`float32[B, L]`: mean squared error of each layer `[B, L, h, w, c]`."""
+def layer_mse(pred: jax.Array, target: jax.Array,
+              pixel_weights: jax.Array | None = None) -> jax.Array:
+    """`float32[B, L]`: mean squared error of each layer `[B, L, h, w, c]`, each latent
+    pixel's error times `pixel_weights[B, L, h, w]` when given."""
     err = jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32))
+    if pixel_weights is not None:
+        err = err * pixel_weights[..., None]
     return err.mean(axis=tuple(range(2, err.ndim)))
 
 
 def masked_layer_loss(pred: jax.Array, target: jax.Array, layer_valid: jax.Array,
-                      weights: jax.Array | None = None) -> jax.Array:
+                      weights: jax.Array | None = None,
+                      pixel_weights: jax.Array | None = None) -> jax.Array:
     """Scalar: `sum(w * mse * valid) / sum(valid)`, i.e. the mean over the elements of
-    valid layers (each layer's elements weighted by `weights[B, L]`). Padded layers
-    contribute nothing, whatever they hold (NaN included)."""
+    valid layers (each layer's elements weighted by `weights[B, L]`, each latent pixel
+    by `pixel_weights[B, L, h, w]`). Padded layers contribute nothing, whatever they
+    hold (NaN included)."""
     valid = layer_valid.astype(bool)
-    per_layer = jnp.where(valid, layer_mse(pred, target), 0.0)
+    per_layer = jnp.where(valid, layer_mse(pred, target, pixel_weights), 0.0)
     if weights is not None:
         per_layer = per_layer * weights
     return per_layer.sum() / jnp.maximum(valid.sum(), 1).astype(jnp.float32)
@@ -78,6 +89,30 @@ def area_resize(maps: jax.Array, h: int, w: int) -> jax.Array:
         blocks = maps.reshape(*lead, h, big_h // h, w, big_w // w)
         return blocks.mean(axis=(-3, -1))
     return jax.image.resize(maps, (*lead, h, w), "linear", antialias=True)
+
+
+def alpha_edges(alphas: jax.Array) -> jax.Array:
+    """`float32[..., H, W]` in [0, 1]: each pixel's largest absolute alpha step to a
+    4-neighbour, so a hard silhouette marks a band two pixels wide (both sides)."""
+    a = alphas.astype(jnp.float32)
+    dy = jnp.abs(a[..., 1:, :] - a[..., :-1, :])
+    dx = jnp.abs(a[..., :, 1:] - a[..., :, :-1])
+    pad = [(0, 0)] * (a.ndim - 2)
+    return jnp.maximum(
+        jnp.maximum(jnp.pad(dy, [*pad, (1, 0), (0, 0)]), jnp.pad(dy, [*pad, (0, 1), (0, 0)])),
+        jnp.maximum(jnp.pad(dx, [*pad, (0, 0), (1, 0)]), jnp.pad(dx, [*pad, (0, 0), (0, 1)])))
+
+
+def edge_weights(alphas: jax.Array, is_foreground: jax.Array, h: int, w: int,
+                 strength: float) -> jax.Array:
+    """`float32[B, L, h, w]`: per-latent-pixel loss weights. A foreground layer's
+    (`is_foreground[B, L]`) are `1 + strength * edges`, its `alpha_edges` of the alphas
+    `[B, L, H, W]` area-resized to the `h x w` latent grid, then divided by their mean
+    so that the layer's total weight is unchanged; every other layer's are 1."""
+    edges = area_resize(alpha_edges(alphas), h, w)
+    raw = 1.0 + strength * edges
+    raw = raw / raw.mean(axis=(-2, -1), keepdims=True)
+    return jnp.where(is_foreground[..., None, None], raw, 1.0)
 
 
 def masked_map_mse(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:

@@ -42,6 +42,7 @@ from dreamlayer_jax.schedulers.forward_process import add_noise, get_target
 from dreamlayer_jax.training.config import TrainConfig
 from dreamlayer_jax.training.losses import (
     context_loss,
+    edge_weights,
     layout_loss,
     masked_layer_loss,
     min_snr_weights,
@@ -252,7 +253,15 @@ def make_loss_fn(cfg: TrainConfig, unet_graph: nnx.GraphDef,
         pred, maps = out if with_maps else (out, None)
         weights = role_weights(roles, cfg.role_loss_weights)
         weights = weights * min_snr_weights(sched, t, cfg.min_snr_gamma, prediction_type)[:, None]
-        loss = masked_layer_loss(pred, target, layer_valid, weights)
+        pixel_weights = None
+        if cfg.edge_loss_weight > 0:
+            if alphas is None:
+                raise ConfigError("train config: edge_loss_weight needs the layers' alphas, "
+                                  "which this latent cache lacks; rebuild it with "
+                                  "edge_loss_weight > 0 in its config")
+            pixel_weights = edge_weights(alphas, roles == ROLE_FOREGROUND, *x0.shape[2:4],
+                                         cfg.edge_loss_weight)
+        loss = masked_layer_loss(pred, target, layer_valid, weights, pixel_weights)
         aux = {"t_mean": t.astype(jnp.float32).mean(), "loss_noise": loss}
         if tokens is not None:
             aux["prompt_overflow"] = jnp.sum(tokens.lengths > token_count)
