@@ -11,8 +11,8 @@ image, each slot's text embedding (SDXL: pooled text and time ids too; the paper
 variant: its concatenated global prompt, the token ids and the alphas its context loss
 reads; the alphas too with `edge_loss_weight`), plus the empty prompt's embedding for
 prompt dropout. `data.latent_cache` writes them atomically. The cache's `fingerprint`
-(codec and text-encoder weights, tokenizers, variant, `L`)
-must match the trained model's (`open_cache`).
+(codec and text-encoder weights, tokenizers, variant, `L`) must match the trained
+model's (`open_cache`).
 """
 
 from __future__ import annotations
