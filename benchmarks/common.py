@@ -109,3 +109,19 @@ def load_pipeline(model: str | None) -> Any:
     except DreamLayerError as exc:
         print(f"error: cannot load {model or 'the built-in model'}: {exc}", file=sys.stderr)
         return None
+
+
+def truth_latents(pipe: Any, truths: Sequence[Any], num_layers: int) -> Any:
+    """`[B, L, h, w, c]`: `pipe`'s codec latents of ground-truth scenes, each padded to
+    `num_layers` slots (a layer-stacked batch, as the UNet reads it)."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from dreamlayer_jax.data.batch import pad_example
+    from dreamlayer_jax.data.scene_example import scene_to_example
+
+    pixels = np.stack([pad_example(scene_to_example(truth, str(i)), num_layers)["pixels"]
+                       for i, truth in enumerate(truths)])  # [B, L, H, W, 4]
+    b = pixels.shape[0]
+    x0 = pipe.codec.encode(jnp.asarray(pixels.reshape(b * num_layers, *pixels.shape[2:])))
+    return x0.reshape(b, num_layers, *x0.shape[1:])

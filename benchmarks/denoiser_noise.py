@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ from typing import Any
 import numpy as np
 
 from dreamlayer_jax.data.compositing import premultiply
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import truth_latents  # noqa: E402
 
 TIMESTEPS = (10, 30, 60, 100, 200, 400, 600, 800, 999)
 
@@ -67,10 +71,7 @@ class Probe:
 
 def probe(model: str, scenes: int, seed: int) -> Probe:
     import jax
-    import jax.numpy as jnp
 
-    from dreamlayer_jax.data.batch import pad_example
-    from dreamlayer_jax.data.scene_example import scene_to_example
     from dreamlayer_jax.eval.scenes import held_out_scenes
     from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
 
@@ -79,11 +80,8 @@ def probe(model: str, scenes: int, seed: int) -> Probe:
     pairs = held_out_scenes(scenes, seed=seed, resolution=pipe.config.resolution,
                             num_foregrounds=min(2, pipe.max_foregrounds))
     ctx, uncond = pipe.layer_context([request for request, _ in pairs])
-    num_layers = ctx.num_layers
-    pixels = np.stack([pad_example(scene_to_example(truth, str(i)), num_layers)["pixels"]
-                       for i, (_, truth) in enumerate(pairs)])
-    b = pixels.shape[0]
-    x0 = pipe.codec.encode(jnp.asarray(pixels.reshape(b * num_layers, *pixels.shape[2:])))
+    num_layers, b = ctx.num_layers, len(pairs)
+    x0 = truth_latents(pipe, [truth for _, truth in pairs], num_layers)
     valid = np.asarray(ctx.layer_valid)
     decode = jax.jit(pipe.codec.decode)
 
@@ -91,7 +89,7 @@ def probe(model: str, scenes: int, seed: int) -> Probe:
         rgba = np.asarray(decode(latents.reshape(b * num_layers, *latents.shape[2:])))
         return rgba.reshape(b, num_layers, *rgba.shape[1:])[valid]
 
-    return Probe(pipe, ctx, uncond, x0.reshape(b, num_layers, *x0.shape[1:]), valid, pictures)
+    return Probe(pipe, ctx, uncond, x0, valid, pictures)
 
 
 def one_step(p: Probe, seed: int, timesteps: tuple[int, ...]) -> list[dict]:

@@ -37,7 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
-from common import add_sampling_args, load_pipeline  # noqa: E402
+from common import add_sampling_args, load_pipeline, truth_latents  # noqa: E402
 
 from dreamlayer_jax.data.synthetic_vocab import (  # noqa: E402
     COLOURS,
@@ -106,16 +106,11 @@ def denoiser_gain(pipe, pairs: list, timesteps: tuple[int, ...], seed: int) -> d
     import jax.numpy as jnp
     from flax import nnx
 
-    from dreamlayer_jax.data.batch import pad_example
-    from dreamlayer_jax.data.scene_example import scene_to_example
     from dreamlayer_jax.schedulers.forward_process import add_noise, get_target
 
     sched, prediction = pipe.scheduler, pipe.scheduler.config.prediction_type
-    pixels = np.stack([pad_example(scene_to_example(truth, str(i)), 3)["pixels"]
-                       for i, (_, truth) in enumerate(pairs)])  # [B, 3, H, W, 4]
     b = len(pairs)
-    x0 = pipe.codec.encode(jnp.asarray(pixels.reshape(b * 3, *pixels.shape[2:])))
-    x0 = x0.reshape(b, 3, *x0.shape[1:])
+    x0 = truth_latents(pipe, [truth for _, truth in pairs], 3)  # [B, 3, h, w, c]
     graph, params = nnx.split(pipe.unet)
 
     @jax.jit
