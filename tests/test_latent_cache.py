@@ -1,6 +1,6 @@
 """Cached-latent training (training.latent_cache, data.latent_cache): the same seeds
-give the same losses from raw scenes and from the cache (box variant with flips and
-prompt dropout, paper variant with its context losses); caches of another model or
+give the same losses from raw scenes and from the cache (box variant with flips, prompt
+dropout and edge-weighted loss, paper variant with its context losses); caches of another model or
 layer count, and what the cached path cannot do, are refused; a failed write leaves
 nothing. Four compiled train steps in all (raw and cached, per variant)."""
 
@@ -54,10 +54,14 @@ def box_model(tmp_path_factory) -> Path:
     return write_small_train_model(tmp_path_factory.mktemp("box") / "model")
 
 
-def test_box_variant_same_losses_from_cache_with_flips_and_dropout(box_model, tmp_path):
-    raw, cached = _raw_and_cached(tmp_path, box_model, flip_prob=0.5, prompt_dropout=0.3)
+def test_box_variant_same_losses_from_cache_with_flips_dropout_and_edge_weights(
+        box_model, tmp_path):
+    # the edge weights read the alphas, which the cache must flip with the latents
+    raw, cached = _raw_and_cached(tmp_path, box_model, flip_prob=0.5, prompt_dropout=0.3,
+                                  edge_loss_weight=5.0)
     source = CacheSource(tmp_path / "cache")
     assert len(source) == 8 and source[0]["latents"].shape == (4, 8, 8, 16)
+    assert source[0]["alphas"].shape == (4, 16, 16)
     assert source[0]["text"].shape[0] == 4 and source.empty["text"].ndim == 2
     from dreamlayer_jax.training.sources import eval_scenes, synthetic_source
 
@@ -93,6 +97,10 @@ def test_cache_of_another_model_or_layer_count_is_refused(box_model, tmp_path):
     with pytest.raises(ConfigError, match="not both"):
         _losses(TrainConfig(**_fields(box_model, data_cache=cache, data_dir=cache)),
                 tmp_path / "c")
+    assert "alphas" not in CacheSource(cache)[0]  # only the edge weights need them
+    with pytest.raises(ConfigError, match="edge_loss_weight needs"):
+        _losses(TrainConfig(**_fields(box_model, data_cache=cache, edge_loss_weight=1.0)),
+                tmp_path / "d")
     with pytest.raises(ConfigError, match="not empty"):  # never written over
         cache_latents(TrainConfig(**_fields(box_model)), tmp_path / "cache")
 
