@@ -119,9 +119,8 @@ def truth_latents(pipe: Any, truths: Sequence[Any], num_layers: int) -> Any:
 
     from dreamlayer_jax.data.batch import pad_example
     from dreamlayer_jax.data.scene_example import scene_to_example
+    from dreamlayer_jax.training.step import encode_layers
 
     pixels = np.stack([pad_example(scene_to_example(truth, str(i)), num_layers)["pixels"]
                        for i, truth in enumerate(truths)])  # [B, L, H, W, 4]
-    b = pixels.shape[0]
-    x0 = pipe.codec.encode(jnp.asarray(pixels.reshape(b * num_layers, *pixels.shape[2:])))
-    return x0.reshape(b, num_layers, *x0.shape[1:])
+    return encode_layers(pipe.codec, jnp.asarray(pixels))
