@@ -7,6 +7,7 @@ import pytest
 
 from dreamlayer_jax.errors import InputError, OutputError
 from dreamlayer_jax.pipeline.decompose import (
+    background_keep,
     decompose,
     encode_image,
     invert_trajectory,
@@ -63,6 +64,25 @@ def test_decompose_returns_layers_with_the_global_latent_equal_to_the_pictures_e
     np.testing.assert_array_equal(decomposed.latents[-1], expected)
     np.testing.assert_array_equal(decomposed.composite, _picture())
     assert decomposed.info["mode"] == "decompose" and decomposed.info["irh"] is False
+
+
+def test_the_background_outside_every_box_is_the_picture_and_generated_inside(
+        tiny_pipe, decomposed):
+    # boxes dilated by the margin (0.05) and one cell (1/8): the top-right and the
+    # bottom-left 3x3 cells lie outside both
+    outside = np.zeros((8, 8), bool)
+    outside[:3, 5:] = outside[5:, :3] = True
+    ctx, _ = tiny_pipe.layer_context([decomposed.scene])
+    keep = np.asarray(background_keep(ctx, 8, 8))[0, ..., 0]  # [L, h, w]
+    np.testing.assert_array_equal(keep[0], outside)
+    assert keep[-1].all() and not keep[1:-1].any()
+    np.testing.assert_array_equal(decomposed.latents[0][outside], decomposed.latents[-1][outside])
+    np.testing.assert_array_equal(decomposed.background[outside], _picture()[outside])
+    assert decomposed.info["keep_background"] is True
+    free = decompose(tiny_pipe, _picture(), LAYERS, background="a striped blue wall",
+                     prompt=PROMPT, num_inference_steps=STEPS, seed=3, keep_background=False)
+    assert not np.array_equal(free.latents[0][outside], decomposed.latents[-1][outside])
+    assert free.info["keep_background"] is False
 
 
 def _reconstruction_error(sched, steps, lipschitz):

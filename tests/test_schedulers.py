@@ -396,6 +396,26 @@ def test_scheduler_from_config_reads_class_name_and_name_overrides_it():
         scheduler_from_config(stable_diffusion, "heun_2s")
 
 
+def test_a_switched_scheduler_keeps_the_options_only_its_kind_reads(tmp_path):
+    """An Euler-ancestral config saved with `clip_sample=False` (the built-in model's) gives
+    a DDIM that does not clip, as diffusers' `from_config` does, not DDIM's default."""
+    raw = {**SD, "_class_name": "EulerAncestralDiscreteScheduler", "clip_sample": False,
+           "set_alpha_to_one": False, "variance_type": "fixed_large",
+           "prediction_type": "v_prediction"}
+    euler = scheduler_from_config(raw)
+    ddim = scheduler_from_config(euler.config, "ddim")
+    theirs = diffusers.DDIMScheduler.from_config(
+        diffusers.EulerAncestralDiscreteScheduler.from_config(raw).config).config
+    assert (ddim.config.clip_sample, ddim.config.set_alpha_to_one) == (False, False)
+    assert (theirs.clip_sample, theirs.set_alpha_to_one) == (False, False)
+    assert scheduler_from_config(euler.config, "ddpm").config.variance_type == "fixed_large"
+    # DPM-Solver reads variance_type too and, like diffusers', ignores the fixed ones
+    assert scheduler_from_config(euler.config, "dpm++2m").config.variance_type == "fixed_large"
+    saved = save_scheduler(euler, tmp_path)
+    assert json.loads(saved.read_text())["clip_sample"] is False
+    assert load_scheduler(tmp_path) == euler
+
+
 @pytest.mark.parametrize(
     ("kind", "key", "value"),
     [

@@ -2,8 +2,9 @@
 
 - Box variant (DESIGN.md section 2): the picture is encoded, DDIM-inverted into the
   global layer's trajectory, and the background and foregrounds are generated with the
-  global layer pinned to that trajectory at every step, so LSSA / CACA make the layers
-  copy the picture's content.
+  global layer, and the background outside the foregrounds' boxes, pinned to that
+  trajectory at every step, so LSSA / CACA make the layers copy the picture's content
+  and the background only fills in what the foregrounds hide.
 - Paper variant (DESIGN.md section 8, eq. 15): the picture's latent is copied into every
   slot (`k + 1` layers and the global one) and the copies are DDIM-inverted together,
   with LSSA masked so that the global layer attends to its own block only
@@ -28,6 +29,7 @@ from flax import nnx
 from PIL import Image, UnidentifiedImageError
 
 from dreamlayer_jax.attention.context import LayerContext
+from dreamlayer_jax.attention.masks import background_region, foreground_regions
 from dreamlayer_jax.data.image_io import pil_to_rgba
 from dreamlayer_jax.errors import InputError
 from dreamlayer_jax.models.layer_unet import DreamLayerUNet
@@ -131,6 +133,23 @@ def invert_trajectory(sched: DDIMScheduler, plan: SamplingPlan, model_fn: ModelF
     return jnp.concatenate([levels, x0[None].astype(levels.dtype)])
 
 
+def background_keep(ctx: LayerContext, h: int, w: int) -> jax.Array:
+    """`bool[B, L, h, w, 1]`: the latent cells the box decomposition holds to the picture.
+
+    The whole global slot, and the background's cells outside every foreground's box:
+    there the picture is the background (a box variant's foreground lives in its box).
+    Boxes are dilated by `ctx.box_margin` plus one latent cell, since a cell next to a box
+    edge still encodes pixels of the foreground. The background inside the boxes, and
+    every foreground, are generated.
+    """
+    b, num_layers = ctx.layer_valid.shape
+    margin = ctx.box_margin + 1.0 / min(h, w)
+    fg = foreground_regions(ctx.boxes, ctx.roles, ctx.layer_valid, h, w, margin)
+    outside = background_region(fg).reshape(b, h, w, 1)  # [B, h, w, 1]
+    keep = jnp.zeros((b, num_layers, h, w, 1), bool)
+    return keep.at[:, -1].set(True).at[:, 0].set(outside)
+
+
 def inversion_layer_mask(layer_valid: jax.Array) -> jax.Array:
     """Paper eq. 15 as an LSSA layer mask, `bool[B, L, L]` (row: query layer, column: key
     layer; `LayerContext.layer_mask`).
@@ -179,6 +198,7 @@ def decompose(
     irh: bool = True,
     irh_restart: float | None = None,
     irh_stop: float | None = None,
+    keep_background: bool = True,
     progress: bool = False,
 ) -> LayeredResult:
     """Split a picture into a background and transparent foregrounds.
@@ -194,6 +214,9 @@ def decompose(
         always uses the conditional output (no guidance).
       irh, irh_restart, irh_stop: the paper variant's IRH (as in generation; None: the
         model's `T_H`, `T_H'`); the box variant ignores them.
+      keep_background: box variant: the background outside the foregrounds' boxes is
+        held to the picture (`background_keep`); False generates all of it, as the
+        foregrounds are (the paper variant has no boxes and ignores it).
     Returns:
       a `LayeredResult`. Box variant: its global latent is exactly the picture's
       encoding; IRH is off (the global layer is pinned, there is nothing to harmonize).
@@ -222,13 +245,19 @@ def decompose(
     x0 = encode_image(pipe, pixels)
     pinned = invert_global(pipe._unet_graph, pipe._unet_params, sched, plan, ctx, x0)
     noise = pipe.initial_noise([seed], ctx.num_layers, pipe.latent_shape())
-    x = (noise * sched.init_noise_sigma(plan)).at[:, -1].set(pinned[0])
+    h, w, _ = pipe.latent_shape()
+    keep = background_keep(ctx, h, w) if keep_background else None
+    held = keep if keep is not None else (jnp.arange(ctx.num_layers) == ctx.num_layers - 1
+                                          )[None, :, None, None, None]
+    x = jnp.where(held, pinned[0][:, None], noise * sched.init_noise_sigma(plan))
     settings = IRHSettings(enabled=False, start=pipe.config.irh_start,
                            retain=pipe.config.irh_retain)
     latents = pipe.run_sampler(sched, plan, ctx, uncond, x, guidance_scale, seed, settings,
-                               mode="decompose", pinned=pinned, progress=progress)
+                               mode="decompose", pinned=pinned, keep=keep,
+                               progress=progress)
     info: dict[str, Any] = {
         "mode": "decompose", "seed": [seed], "steps": num_inference_steps,
+        "keep_background": keep_background,
         "guidance_scale": guidance_scale, "scheduler": sched.kind, "model": pipe.name,
         "caca": caca, "lssa": lssa, "irh": False, "irh_start": settings.start,
         "irh_retain": settings.retain}

@@ -14,7 +14,8 @@ guidance batched in (each layer's unconditional branch uses the empty prompt). I
 Three modes share it:
 
 - `generate`: text to layers;
-- `decompose`: the global layer pinned to a DDIM-inverted trajectory at every step;
+- `decompose`: the global layer (and, in the box variant, the background outside the
+  foregrounds' boxes) pinned to the picture's DDIM-inverted trajectory at every step;
 - `edit`: the kept slots (default: every layer but the global one) reset after each
   step to their saved latents re-noised to that step's level, the others sampled;
   used to re-harmonize the global layer from IRH's start step, and to regenerate a
@@ -109,10 +110,12 @@ def sample_layers(
       guidance_min_t: guidance applies at timesteps `t >= guidance_min_t` only (traced).
       key: PRNG key for stochastic schedulers.
       mode: "generate" | "decompose" | "edit" (see the module docstring).
-      pinned: "decompose": the global layer's latents at the start of each step and the
-        clean one, `[S + 1, B, h, w, c]`; "edit": the kept clean layers `[B, L, h, w, c]`.
+      pinned: "decompose": the picture's inverted latents at the start of each step and
+        the clean one, `[S + 1, B, h, w, c]`; "edit": the kept clean layers `[B, L, h, w, c]`.
       layer_noise: "edit": the fixed noise `[B, L, h, w, c]` that re-noises kept layers.
-      keep: "edit": `bool[B, L]`, the slots held to `pinned` (default: all but global).
+      keep: "edit": `bool[B, L]`, the slots held to `pinned` (default: all but global);
+        "decompose": `bool[B, L, h, w, 1]`, the cells held to `pinned` (default: the
+        global slot's).
       sharding: the latents' sharding, e.g. batch over "data" and layers over "layer".
       progress: a `ProgressHook` ticked once per step.
       alpha_decoder, alpha_params: paper variant: the codec's alpha decoding
@@ -131,17 +134,20 @@ def sample_layers(
     paper = unet.config.variant == "paper"
     if mode == "edit":
         held = keep if keep is not None else jnp.arange(x.shape[1]) < x.shape[1] - 1
-        held = jnp.broadcast_to(held, x.shape[:2])
+        held = jnp.broadcast_to(held, x.shape[:2])[..., None, None, None]
+    elif mode == "decompose":  # cells: [B, L, h, w, 1], or the global slot [1, L, 1, 1, 1]
+        held = keep if keep is not None else (
+            jnp.arange(x.shape[1]) == x.shape[1] - 1)[None, :, None, None, None]
 
     def post_step(x: jax.Array, i: jax.Array) -> jax.Array:
         done = i + 1
         if mode == "decompose":
-            x = x.at[:, -1].set(pinned[done].astype(x.dtype))
+            x = jnp.where(held, pinned[done][:, None].astype(x.dtype), x)
         elif mode == "edit":
             level = jnp.minimum(done, num_steps - 1)
             renoised = sched.add_noise_at_step(plan, level, pinned, layer_noise)
             saved = jnp.where(done >= num_steps, pinned, renoised)
-            x = jnp.where(held[..., None, None, None], saved.astype(x.dtype), x)
+            x = jnp.where(held, saved.astype(x.dtype), x)
         if not paper:
             x = harmonize(irh, compositor, x, ctx, done, num_steps)
         return finish_step(x, i)

@@ -4,9 +4,11 @@ A diffusers scheduler config names its class (`_class_name`) and lists the const
 arguments. `SchedulerConfig.from_dict(raw, kind)` keeps the keys this project knows, fills
 the missing ones with the defaults of the *diffusers class of that kind* (DDIM and DDPM
 default to `timestep_spacing="leading"` and `clip_sample=True`, Euler and DPM-Solver to
-`"linspace"`), ignores keys that only other schedulers read (as diffusers' `from_config`
-does), and refuses with a `ConfigError` naming the key any value that would change the
-result but is not implemented here.
+`"linspace"`), carries the options only other kinds read, unread, in `extra` (diffusers'
+configs keep them too: a DDIM built from an Euler config saved with `clip_sample=False`
+does not clip), ignores keys no supported scheduler reads, and refuses with a
+`ConfigError` naming the key any value that would change the result but is not
+implemented here.
 """
 
 from __future__ import annotations
@@ -111,6 +113,14 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
 }
 
 
+_OPTIONS = tuple(sorted({key for fields in _FIELDS.values() for key in fields}))
+
+
+def _frozen(value: Any) -> Any:
+    """A config value made hashable (lists become tuples)."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, list) else value
+
+
 def resolve_kind(name: str) -> str:
     """Map a scheduler name (`"ddim"`, `"euler_a"`, `"DDIMScheduler"`, ...) to its kind."""
     kind = _ALIASES.get(str(name).strip().lower())
@@ -153,6 +163,10 @@ class SchedulerConfig:
     lower_order_final: bool = True
     euler_at_final: bool = False
     lambda_min_clipped: float = -math.inf
+    # the raw config's values of options this kind does not read but another kind does,
+    # `((key, value), ...)` sorted: kept so that a scheduler built from this one's config
+    # (`scheduler_from_config(sched.config, "ddim")`) reads them, as diffusers keeps them
+    extra: tuple[tuple[str, Any], ...] = ()
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], kind: str) -> SchedulerConfig:
@@ -168,6 +182,9 @@ class SchedulerConfig:
                     f"{CLASS_NAMES[kind]}: {key}={raw[key]!r} is not supported "
                     f"(allowed: {', '.join(map(repr, allowed))})"
                 )
+        read = set(_FIELDS[kind])
+        values["extra"] = tuple(sorted((key, _frozen(raw[key])) for key in _OPTIONS
+                                       if key in raw and key not in read))
         if values.get("trained_betas") is not None:
             values["trained_betas"] = tuple(float(b) for b in values["trained_betas"])
         if values.get("lambda_min_clipped") is None:
@@ -205,7 +222,7 @@ class SchedulerConfig:
             "fixed_large",
         ):
             raise ConfigError(f"{owner}: variance_type={self.variance_type!r} is not supported")
-        if self.kind == "dpm++2m" and self.variance_type is not None:
+        if self.kind == "dpm++2m" and self.variance_type in ("learned", "learned_range"):
             raise ConfigError(f"{owner}: variance_type={self.variance_type!r} is not supported")
 
     def to_dict(self) -> dict[str, Any]:
@@ -215,6 +232,8 @@ class SchedulerConfig:
             if f.name in _FIELDS[self.kind]:
                 value = getattr(self, f.name)
                 out[f.name] = list(value) if isinstance(value, tuple) else value
+        for key, value in self.extra:
+            out[key] = list(value) if isinstance(value, tuple) else value
         if out.get("lambda_min_clipped") == -math.inf:
             out.pop("lambda_min_clipped")  # JSON has no -inf; absent means the default
         return out
