@@ -47,6 +47,30 @@ def test_bad_arguments_exit_2_with_one_line_and_write_nothing(tiny_model_dir, tm
     assert not out.exists()
 
 
+@pytest.mark.parametrize("regenerate", [False, True])
+def test_decompose_keeps_the_background_outside_the_boxes_unless_asked(tiny_model_dir,
+                                                                       tmp_path, regenerate):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    picture = np.zeros((8, 8, 3), np.uint8)
+    picture[..., 2] = 200
+    picture[1:3, 1:3] = (230, 20, 20)
+    Image.fromarray(picture).save(tmp_path / "in.png")
+    out = tmp_path / "out"
+    proc = run_sample("decompose", tmp_path / "in.png", "--background", "a blue wall",
+                      "--layer", "a red star@0,0,0.5,0.5", "--model", tiny_model_dir,
+                      "--steps", "2", "--out", out, "--no-progress",
+                      *(["--regenerate-background"] if regenerate else []))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "scene.json").read_text())["keep_background"] is not regenerate
+    background = np.asarray(Image.open(out / "background.png"))
+    kept = np.array_equal(background[5:, :], picture[5:, :])  # below the dilated box
+    assert kept is not regenerate
+
+
 def test_help_lists_the_subcommands_and_every_default():
     proc = run_sample("--help")
     assert proc.returncode == 0, proc.stderr

@@ -54,6 +54,10 @@ def decompose_main(argv: list[str]) -> int:
     p.add_argument("--background", required=True, help="the background's prompt")
     p.add_argument("--prompt", default=None, help="the whole picture's prompt (default: "
                                                   "composed from the layers)")
+    p.add_argument("--regenerate-background", action="store_true",
+                   help="box variant: generate the whole background rather than keep the "
+                        "picture outside the foregrounds' boxes (e.g. for shadows cast "
+                        "beyond them)")
     add_sampling_args(p)
     args = p.parse_args(argv)
     check_sampling_args(args)
@@ -76,7 +80,8 @@ def decompose_main(argv: list[str]) -> int:
                         *([args.prompt] if args.prompt else [])])
     result = decompose(pipe, image, layers, args.background, args.prompt,
                        num_inference_steps=args.steps, guidance_scale=args.guidance,
-                       seed=args.seed, progress=not args.no_progress)
+                       seed=args.seed, keep_background=not args.regenerate_background,
+                       progress=not args.no_progress)
     saved = result.save(out)
     print(f"decomposed {args.image} into the background and "
           f"{layers_phrase(len(result.layers))}: {saved}/")
