@@ -78,11 +78,13 @@ def test_the_background_outside_every_box_is_the_picture_and_generated_inside(
     assert keep[-1].all() and not keep[1:-1].any()
     np.testing.assert_array_equal(decomposed.latents[0][outside], decomposed.latents[-1][outside])
     np.testing.assert_array_equal(decomposed.background[outside], _picture()[outside])
-    assert decomposed.info["keep_background"] is True
+    assert decomposed.info["keep_background"] is True and decomposed.info["eta"] == 1.0
     free = decompose(tiny_pipe, _picture(), LAYERS, background="a striped blue wall",
                      prompt=PROMPT, num_inference_steps=STEPS, seed=3, keep_background=False)
     assert not np.array_equal(free.latents[0][outside], decomposed.latents[-1][outside])
     assert free.info["keep_background"] is False
+    with pytest.raises(InputError, match="eta"):
+        decompose(tiny_pipe, _picture(), LAYERS, background="a wall", eta=-1.0)
 
 
 def _reconstruction_error(sched, steps, lipschitz):

@@ -58,9 +58,14 @@ def decompose_main(argv: list[str]) -> int:
                    help="box variant: generate the whole background rather than keep the "
                         "picture outside the foregrounds' boxes (e.g. for shadows cast "
                         "beyond them)")
+    p.add_argument("--eta", type=float, default=None,
+                   help="DDIM's stochasticity for the generated layers (default: 1 in the "
+                        "box variant, 0 in the paper variant)")
     add_sampling_args(p)
     args = p.parse_args(argv)
     check_sampling_args(args)
+    if args.eta is not None and not args.eta >= 0.0:
+        raise InputError(f"--eta must be >= 0, got {args.eta}")
     layers = [parse_layer_arg(t) for t in args.layer]
     out = args.out or default_out()
     check_output_folder(out)
@@ -81,6 +86,7 @@ def decompose_main(argv: list[str]) -> int:
     result = decompose(pipe, image, layers, args.background, args.prompt,
                        num_inference_steps=args.steps, guidance_scale=args.guidance,
                        seed=args.seed, keep_background=not args.regenerate_background,
+                       eta=args.eta,
                        progress=not args.no_progress)
     saved = result.save(out)
     print(f"decomposed {args.image} into the background and "

@@ -64,9 +64,9 @@ from dreamlayer_jax.pipeline.result import LayeredResult
 from dreamlayer_jax.pipeline.scene import Scene
 
 __all__ = ["ABLATION_SETTINGS", "DECOMPOSITION_ROW", "MEASURES", "REFERENCE_ROW",
-           "STUDY_MEASURES", "AblationRow", "FidReference", "ablation", "cell", "evaluate",
-           "fid_reference", "format_table", "generate", "held_out_scenes",
-           "reference_measures", "score", "set_measures", "study_measures"]
+           "STUDY_MEASURES", "AblationRow", "FidReference", "ablation", "cell",
+           "decomposition_values", "evaluate", "fid_reference", "format_table", "generate",
+           "held_out_scenes", "reference_measures", "score", "set_measures", "study_measures"]
 
 Pair = tuple[Scene, LayeredScene]
 Log = Callable[[str], None]
@@ -258,7 +258,17 @@ def score(pairs: Sequence[Pair], results: Sequence[LayeredResult],
             values["shape"].append(float(guess is not None and guess[1] == attrs["shape"]))
         values["coherence_psnr"].append(
             coherence_psnr(result.composite, result.background, result.layers))
-    for (_, truth), recovered in zip(pairs, decompositions or (), strict=bool(decompositions)):
+    if decompositions:
+        values.update(decomposition_values(pairs, decompositions))
+    return values
+
+
+def decomposition_values(pairs: Sequence[Pair], decompositions: Sequence[LayeredResult]
+                         ) -> dict[str, list[float]]:
+    """Per-scene background PSNR and per-foreground alpha IoU of decomposed true
+    composites against their truth (`DECOMPOSITION_MEASURES`)."""
+    values: dict[str, list[float]] = {name: [] for name in DECOMPOSITION_MEASURES}
+    for (_, truth), recovered in zip(pairs, decompositions, strict=True):
         values["background_psnr"].append(psnr(recovered.background, truth.background))
         for layer, true_layer in zip(recovered.layers, truth.layers, strict=True):
             values["alpha_iou"].append(alpha_iou(layer, true_layer))

@@ -199,6 +199,7 @@ def decompose(
     irh_restart: float | None = None,
     irh_stop: float | None = None,
     keep_background: bool = True,
+    eta: float | None = None,
     progress: bool = False,
 ) -> LayeredResult:
     """Split a picture into a background and transparent foregrounds.
@@ -217,6 +218,12 @@ def decompose(
       keep_background: box variant: the background outside the foregrounds' boxes is
         held to the picture (`background_keep`); False generates all of it, as the
         foregrounds are (the paper variant has no boxes and ignores it).
+      eta: DDIM's stochasticity when the layers are sampled (the inversion is always
+        deterministic). None: 1 in the box variant, where the global layer is pinned and
+        the generated layers are sampled ancestrally, as the model's own sampler does
+        (`benchmarks/decomposition_settings.py` measures it against 0, docs/RESULTS.md
+        records it); 0 in the paper variant, whose global
+        layer must follow its inverted noise back to the picture.
     Returns:
       a `LayeredResult`. Box variant: its global latent is exactly the picture's
       encoding; IRH is off (the global layer is pinned, there is nothing to harmonize).
@@ -224,6 +231,8 @@ def decompose(
     """
     paper = pipe.config.variant == "paper"
     layers = tuple(Layer(l) if isinstance(l, str) else l for l in layers)
+    if eta is not None and not eta >= 0.0:
+        raise InputError(f"eta must be >= 0, got {eta!r}")
     if not paper:  # the box variant places every foreground: no box is the whole image
         layers = tuple(Layer(l.prompt, FULL_BOX) if l.box is None else l for l in layers)
     if prompt is None:
@@ -237,10 +246,12 @@ def decompose(
     pixels = load_image(image, pipe.config.resolution)
     if paper:
         return _decompose_paper(pipe, scene, pixels, num_inference_steps, guidance_scale,
-                                seed, settings, caca=caca, lssa=lssa, progress=progress)
+                                seed, settings, caca=caca, lssa=lssa, progress=progress,
+                                eta=0.0 if eta is None else eta)
 
     sched = pipe.with_scheduler("ddim")
-    plan = sched.set_timesteps(num_inference_steps)
+    eta = 1.0 if eta is None else eta
+    plan = sched.set_timesteps(num_inference_steps, eta=eta)
     ctx, uncond = pipe.layer_context([scene], caca=caca, lssa=lssa)
     x0 = encode_image(pipe, pixels)
     pinned = invert_global(pipe._unet_graph, pipe._unet_params, sched, plan, ctx, x0)
@@ -257,7 +268,7 @@ def decompose(
                                progress=progress)
     info: dict[str, Any] = {
         "mode": "decompose", "seed": [seed], "steps": num_inference_steps,
-        "keep_background": keep_background,
+        "keep_background": keep_background, "eta": eta,
         "guidance_scale": guidance_scale, "scheduler": sched.kind, "model": pipe.name,
         "caca": caca, "lssa": lssa, "irh": False, "irh_start": settings.start,
         "irh_retain": settings.retain}
@@ -266,10 +277,10 @@ def decompose(
 
 def _decompose_paper(pipe: DreamLayerPipeline, scene: Scene, pixels: np.ndarray, steps: int,
                      guidance_scale: float, seed: int, settings: IRHSettings, *, caca: bool,
-                     lssa: bool, progress: bool) -> LayeredResult:
+                     lssa: bool, progress: bool, eta: float) -> LayeredResult:
     """The paper variant's decomposition (module docstring), checked arguments."""
     sched = pipe.with_scheduler("ddim")
-    plan = sched.set_timesteps(steps)
+    plan = sched.set_timesteps(steps, eta=eta)
     ctx, uncond = pipe.layer_context([scene], caca=caca, lssa=lssa)
     x0 = encode_image(pipe, pixels)
     x = invert_layers(pipe._unet_graph, pipe._unet_params, sched, plan, ctx, x0)
@@ -277,6 +288,6 @@ def _decompose_paper(pipe: DreamLayerPipeline, scene: Scene, pixels: np.ndarray,
                                progress=progress)
     info: dict[str, Any] = {
         "mode": "decompose", "seed": [seed], "steps": steps, "guidance_scale": guidance_scale,
-        "scheduler": sched.kind, "model": pipe.name, "caca": caca, "lssa": lssa,
-        **settings_record(settings, "paper")}
+        "scheduler": sched.kind, "eta": eta, "model": pipe.name, "caca": caca,
+        "lssa": lssa, **settings_record(settings, "paper")}
     return pipe.to_results([scene], latents, ctx, info)[0]
