@@ -5,7 +5,8 @@ Decomposes the true composites of held-out scenes (their true prompts and boxes,
 background PSNR against the true background and the foregrounds' alpha IoU, each with
 its 95% interval. The settings: box variant, the background outside the boxes kept from
 the picture or generated (`keep_background`), and DDIM's `eta` for the generated layers;
-paper variant, `eta` only (it has no boxes).
+paper variant, `eta` only (it has no boxes); both, the foregrounds re-cut from the
+picture (`matte`).
 
 The default `--seed 7` draws scenes that `docs/RESULTS.md` (seed 0) does not report, so
 that the defaults are not picked on the reported scenes.
@@ -28,10 +29,12 @@ from common import add_sampling_args, format_table, load_pipeline  # noqa: E402
 from dreamlayer_jax.eval.evaluate import decompose_all, decomposition_values  # noqa: E402
 from dreamlayer_jax.eval.measures import mean_ci95  # noqa: E402
 
-BOX_SETTINGS = ({"keep_background": False, "eta": 0.0}, {"keep_background": False, "eta": 1.0},
-                {"keep_background": True, "eta": 0.0}, {"keep_background": True, "eta": 0.5},
-                {"keep_background": True, "eta": 1.0})
-PAPER_SETTINGS = ({"eta": 0.0}, {"eta": 1.0})
+BOX_SETTINGS = ({"keep_background": False, "eta": 0.0, "matte": False},
+                {"keep_background": True, "eta": 0.0, "matte": False},
+                {"keep_background": True, "eta": 1.0, "matte": False},
+                {"keep_background": True, "eta": 1.0, "matte": True})  # the defaults
+PAPER_SETTINGS = ({"eta": 0.0, "matte": False},  # the defaults
+                  {"eta": 1.0, "matte": False}, {"eta": 0.0, "matte": True})
 
 
 def measure(pipe, pairs, settings: dict, steps: int, guidance: float, seed: int

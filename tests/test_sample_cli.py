@@ -63,9 +63,11 @@ def test_decompose_keeps_the_background_outside_the_boxes_unless_asked(tiny_mode
     proc = run_sample("decompose", tmp_path / "in.png", "--background", "a blue wall",
                       "--layer", "a red star@0,0,0.5,0.5", "--model", tiny_model_dir,
                       "--steps", "2", "--out", out, "--no-progress",
-                      *(["--regenerate-background"] if regenerate else []))
+                      *(["--regenerate-background", "--no-matte"] if regenerate else []))
     assert proc.returncode == 0, proc.stderr
-    assert json.loads((out / "scene.json").read_text())["keep_background"] is not regenerate
+    record = json.loads((out / "scene.json").read_text())
+    assert record["keep_background"] is not regenerate
+    assert record["matte"] is not regenerate  # on by default, off with --no-matte
     background = np.asarray(Image.open(out / "background.png"))
     kept = np.array_equal(background[5:, :], picture[5:, :])  # below the dilated box
     assert kept is not regenerate

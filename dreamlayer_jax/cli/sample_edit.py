@@ -9,6 +9,7 @@ import json
 import shutil
 import tempfile
 import warnings
+from argparse import BooleanOptionalAction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,9 @@ def decompose_main(argv: list[str]) -> int:
                    help="box variant: generate the whole background rather than keep the "
                         "picture outside the foregrounds' boxes (e.g. for shadows cast "
                         "beyond them)")
+    p.add_argument("--matte", action=BooleanOptionalAction, default=None,
+                   help="cut each foreground's outline and colours again from the picture "
+                        "(default: on in the box variant, off in the paper variant)")
     p.add_argument("--eta", type=float, default=None,
                    help="DDIM's stochasticity for the generated layers (default: 1 in the "
                         "box variant, 0 in the paper variant)")
@@ -86,7 +90,7 @@ def decompose_main(argv: list[str]) -> int:
     result = decompose(pipe, image, layers, args.background, args.prompt,
                        num_inference_steps=args.steps, guidance_scale=args.guidance,
                        seed=args.seed, keep_background=not args.regenerate_background,
-                       eta=args.eta,
+                       eta=args.eta, matte=args.matte,
                        progress=not args.no_progress)
     saved = result.save(out)
     print(f"decomposed {args.image} into the background and "

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ from dreamlayer_jax.data.image_io import pil_to_rgba
 from dreamlayer_jax.errors import InputError
 from dreamlayer_jax.models.layer_unet import DreamLayerUNet
 from dreamlayer_jax.pipeline.irh import IRHSettings, resolve_settings, settings_record
+from dreamlayer_jax.pipeline.matte import picture_matte
 from dreamlayer_jax.pipeline.result import LayeredResult
 from dreamlayer_jax.pipeline.scene import FULL_BOX, Layer, Scene
 from dreamlayer_jax.schedulers.base import SamplingPlan
@@ -200,6 +202,7 @@ def decompose(
     irh_stop: float | None = None,
     keep_background: bool = True,
     eta: float | None = None,
+    matte: bool | None = None,
     progress: bool = False,
 ) -> LayeredResult:
     """Split a picture into a background and transparent foregrounds.
@@ -224,6 +227,10 @@ def decompose(
         (`benchmarks/decomposition_settings.py` measures it against 0, docs/RESULTS.md
         records it); 0 in the paper variant, whose global
         layer must follow its inverted noise back to the picture.
+      matte: cut each foreground's outline and colours again from the picture over the
+        recovered background (`pipeline.matte.picture_matte`; the model's layer says
+        where the object is), and encode the matted layers into the result's latents.
+        None: on in the box variant, off in the paper variant (the paper's method).
     Returns:
       a `LayeredResult`. Box variant: its global latent is exactly the picture's
       encoding; IRH is off (the global layer is pinned, there is nothing to harmonize).
@@ -245,13 +252,39 @@ def decompose(
                               irh_window=window)
     pixels = load_image(image, pipe.config.resolution)
     if paper:
-        return _decompose_paper(pipe, scene, pixels, num_inference_steps, guidance_scale,
-                                seed, settings, caca=caca, lssa=lssa, progress=progress,
-                                eta=0.0 if eta is None else eta)
+        result = _decompose_paper(pipe, scene, pixels, num_inference_steps, guidance_scale,
+                                  seed, settings, caca=caca, lssa=lssa, progress=progress,
+                                  eta=0.0 if eta is None else eta)
+    else:
+        result = _decompose_box(pipe, scene, pixels, num_inference_steps, guidance_scale,
+                                seed, caca=caca, lssa=lssa, progress=progress,
+                                keep_background=keep_background,
+                                eta=1.0 if eta is None else eta)
+    matte = not paper if matte is None else matte
+    result.info["matte"] = matte
+    return matted(pipe, result, pixels) if matte else result
 
+
+def matted(pipe: DreamLayerPipeline, result: LayeredResult, pixels: np.ndarray
+           ) -> LayeredResult:
+    """`result` with its foregrounds re-cut from the picture `pixels` (`[H, W, 3]` in
+    [0, 1]; `picture_matte`) and their latents re-encoded from the matted layers."""
+    picture = (pixels * 255.0 + 0.5).astype(np.uint8)
+    layers = picture_matte(picture, result.background, result.layers)
+    latents = result.latents
+    if layers and latents is not None:
+        rgba = jnp.asarray(np.stack(layers).astype(np.float32) / 255.0)
+        latents = latents.copy()
+        latents[1:1 + len(layers)] = np.asarray(pipe.codec.encode(rgba), np.float32)
+    return dataclasses.replace(result, layers=layers, latents=latents)
+
+
+def _decompose_box(pipe: DreamLayerPipeline, scene: Scene, pixels: np.ndarray, steps: int,
+                   guidance_scale: float, seed: int, *, caca: bool, lssa: bool,
+                   progress: bool, keep_background: bool, eta: float) -> LayeredResult:
+    """The box variant's decomposition (module docstring), checked arguments."""
     sched = pipe.with_scheduler("ddim")
-    eta = 1.0 if eta is None else eta
-    plan = sched.set_timesteps(num_inference_steps, eta=eta)
+    plan = sched.set_timesteps(steps, eta=eta)
     ctx, uncond = pipe.layer_context([scene], caca=caca, lssa=lssa)
     x0 = encode_image(pipe, pixels)
     pinned = invert_global(pipe._unet_graph, pipe._unet_params, sched, plan, ctx, x0)
@@ -267,7 +300,7 @@ def decompose(
                                mode="decompose", pinned=pinned, keep=keep,
                                progress=progress)
     info: dict[str, Any] = {
-        "mode": "decompose", "seed": [seed], "steps": num_inference_steps,
+        "mode": "decompose", "seed": [seed], "steps": steps,
         "keep_background": keep_background, "eta": eta,
         "guidance_scale": guidance_scale, "scheduler": sched.kind, "model": pipe.name,
         "caca": caca, "lssa": lssa, "irh": False, "irh_start": settings.start,
