@@ -76,6 +76,8 @@ def test_the_background_outside_every_box_is_the_picture_and_generated_inside(
     keep = np.asarray(background_keep(ctx, 8, 8))[0, ..., 0]  # [L, h, w]
     np.testing.assert_array_equal(keep[0], outside)
     assert keep[-1].all() and not keep[1:-1].any()
+    only_global = np.asarray(background_keep(ctx, 8, 8, background=False))[0, ..., 0]
+    assert only_global[-1].all() and not only_global[:-1].any()
     np.testing.assert_array_equal(decomposed.latents[0][outside], decomposed.latents[-1][outside])
     np.testing.assert_array_equal(decomposed.background[outside], _picture()[outside])
     assert decomposed.info["keep_background"] is True and decomposed.info["eta"] == 1.0

@@ -4,7 +4,9 @@
   global layer's trajectory, and the background and foregrounds are generated with the
   global layer, and the background outside the foregrounds' boxes, pinned to that
   trajectory at every step, so LSSA / CACA make the layers copy the picture's content
-  and the background only fills in what the foregrounds hide.
+  and the background only fills in what the foregrounds hide. The generated layers are
+  sampled with DDIM's eta 1, and each foreground is then re-cut from the picture
+  (`pipeline.matte`).
 - Paper variant (DESIGN.md section 8, eq. 15): the picture's latent is copied into every
   slot (`k + 1` layers and the global one) and the copies are DDIM-inverted together,
   with LSSA masked so that the global layer attends to its own block only
@@ -135,19 +137,19 @@ def invert_trajectory(sched: DDIMScheduler, plan: SamplingPlan, model_fn: ModelF
     return jnp.concatenate([levels, x0[None].astype(levels.dtype)])
 
 
-def background_keep(ctx: LayerContext, h: int, w: int) -> jax.Array:
+def background_keep(ctx: LayerContext, h: int, w: int, background: bool = True) -> jax.Array:
     """`bool[B, L, h, w, 1]`: the latent cells the box decomposition holds to the picture.
 
-    The whole global slot, and the background's cells outside every foreground's box:
-    there the picture is the background (a box variant's foreground lives in its box).
-    Boxes are dilated by `ctx.box_margin` plus one latent cell, since a cell next to a box
-    edge still encodes pixels of the foreground. The background inside the boxes, and
-    every foreground, are generated.
+    The whole global slot and, with `background`, the background's cells outside every
+    foreground's box: there the picture is the background (a box variant's foreground
+    lives in its box). Boxes are dilated by `ctx.box_margin` plus one latent cell, since a
+    cell next to a box edge still encodes pixels of the foreground. The background inside
+    the boxes, and every foreground, are generated.
     """
     b, num_layers = ctx.layer_valid.shape
     margin = ctx.box_margin + 1.0 / min(h, w)
     fg = foreground_regions(ctx.boxes, ctx.roles, ctx.layer_valid, h, w, margin)
-    outside = background_region(fg).reshape(b, h, w, 1)  # [B, h, w, 1]
+    outside = background_region(fg).reshape(b, h, w, 1) & background  # [B, h, w, 1]
     keep = jnp.zeros((b, num_layers, h, w, 1), bool)
     return keep.at[:, -1].set(True).at[:, 0].set(outside)
 
@@ -223,10 +225,9 @@ def decompose(
         foregrounds are (the paper variant has no boxes and ignores it).
       eta: DDIM's stochasticity when the layers are sampled (the inversion is always
         deterministic). None: 1 in the box variant, where the global layer is pinned and
-        the generated layers are sampled ancestrally, as the model's own sampler does
-        (`benchmarks/decomposition_settings.py` measures it against 0, docs/RESULTS.md
-        records it); 0 in the paper variant, whose global
-        layer must follow its inverted noise back to the picture.
+        the generated layers are sampled ancestrally, as the model's own sampler does;
+        0 in the paper variant, whose global layer must follow its inverted noise back
+        to the picture (`benchmarks/decomposition_settings.py` measures both).
       matte: cut each foreground's outline and colours again from the picture over the
         recovered background (`pipeline.matte.picture_matte`; the model's layer says
         where the object is), and encode the matted layers into the result's latents.
@@ -290,10 +291,8 @@ def _decompose_box(pipe: DreamLayerPipeline, scene: Scene, pixels: np.ndarray, s
     pinned = invert_global(pipe._unet_graph, pipe._unet_params, sched, plan, ctx, x0)
     noise = pipe.initial_noise([seed], ctx.num_layers, pipe.latent_shape())
     h, w, _ = pipe.latent_shape()
-    keep = background_keep(ctx, h, w) if keep_background else None
-    held = keep if keep is not None else (jnp.arange(ctx.num_layers) == ctx.num_layers - 1
-                                          )[None, :, None, None, None]
-    x = jnp.where(held, pinned[0][:, None], noise * sched.init_noise_sigma(plan))
+    keep = background_keep(ctx, h, w, keep_background)
+    x = jnp.where(keep, pinned[0][:, None], noise * sched.init_noise_sigma(plan))
     settings = IRHSettings(enabled=False, start=pipe.config.irh_start,
                            retain=pipe.config.irh_retain)
     latents = pipe.run_sampler(sched, plan, ctx, uncond, x, guidance_scale, seed, settings,
