@@ -54,6 +54,9 @@ FIELD_HELP: dict[str, str] = {
     "learning_rate": "peak learning rate",
     "warmup_steps": "linear warm-up steps",
     "end_lr_ratio": "the cosine decay ends at learning_rate * end_lr_ratio (1 = constant)",
+    "cooldown_steps": "0: the cosine decay spans the run after warm-up; N > 0: the rate "
+                      "stays at its peak until the last N steps, which decay it (a constant "
+                      "run extended with --resume can end on a cooldown)",
     "weight_decay": "AdamW weight decay",
     "adam_b1": "AdamW beta1",
     "adam_b2": "AdamW beta2",
@@ -123,6 +126,7 @@ class TrainConfig:
     learning_rate: float = 1e-4
     warmup_steps: int = 100
     end_lr_ratio: float = 0.1  # cosine decays to learning_rate * end_lr_ratio
+    cooldown_steps: int = 0  # > 0: constant until the last cooldown_steps, then the decay
     weight_decay: float = 1e-2
     adam_b1: float = 0.9
     adam_b2: float = 0.999
@@ -215,9 +219,13 @@ class TrainConfig:
             raise ConfigError(f"train config: timestep_range={self.timestep_range!r} must be "
                               "(low, high) with 0 <= low < high, or (0, 0) for all timesteps")
         if min(self.warmup_steps, self.sample_every, self.min_snr_gamma,
-               self.edge_loss_weight) < 0:
-            raise ConfigError("train config: warmup_steps, sample_every, min_snr_gamma and "
-                              "edge_loss_weight must be >= 0")
+               self.edge_loss_weight, self.cooldown_steps) < 0:
+            raise ConfigError("train config: warmup_steps, sample_every, min_snr_gamma, "
+                              "edge_loss_weight and cooldown_steps must be >= 0")
+        if self.cooldown_steps and self.warmup_steps + self.cooldown_steps > self.num_steps:
+            raise ConfigError(f"train config: warmup_steps + cooldown_steps "
+                              f"({self.warmup_steps} + {self.cooldown_steps}) exceed "
+                              f"num_steps={self.num_steps}")
         if len(self.role_loss_weights) != 3 or min(self.role_loss_weights) < 0:
             raise ConfigError("train config: role_loss_weights must be three weights >= 0 "
                               "(background, foreground, global)")

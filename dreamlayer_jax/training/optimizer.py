@@ -18,7 +18,20 @@ KV_ROOTS = ("layer_assign", "context_layers")
 
 def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
     """Linear warmup from 0 to `learning_rate`, then cosine decay to `end_lr_ratio` of it
-    at `num_steps` (counted in optimiser updates, i.e. after gradient accumulation)."""
+    at `num_steps` (counted in optimiser updates, i.e. after gradient accumulation).
+
+    With `cooldown_steps` N > 0 the rate holds at its peak after the warm-up and only
+    the last N steps decay it (warmup-stable-decay): a constant-rate run extended with
+    `--resume --set num_steps=M cooldown_steps=N` keeps its rate up to step `M - N`."""
+    if cfg.cooldown_steps:
+        total = max(cfg.num_steps // cfg.grad_accum, 1)
+        cool = max(cfg.cooldown_steps // cfg.grad_accum, 1)
+        stable_end = max(total - cool, cfg.warmup_steps)
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps),
+             optax.constant_schedule(cfg.learning_rate),
+             optax.cosine_decay_schedule(cfg.learning_rate, cool, alpha=cfg.end_lr_ratio)],
+            boundaries=[cfg.warmup_steps, stable_end])
     decay_steps = max(cfg.num_steps // cfg.grad_accum, cfg.warmup_steps + 1)
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
