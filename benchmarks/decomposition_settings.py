@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import add_sampling_args, format_table, load_pipeline  # noqa: E402
 
-from dreamlayer_jax.eval.evaluate import decompose_all, decomposition_values  # noqa: E402
+from dreamlayer_jax.eval.decomposition import decompose_all, decomposition_values  # noqa: E402
 from dreamlayer_jax.eval.measures import mean_ci95  # noqa: E402
 
 BOX_SETTINGS = ({"keep_background": False, "eta": 0.0, "matte": False},

@@ -15,9 +15,8 @@ foregrounds (`layout`, `box_iou`, `colour`, `shape`, `alpha_iou`) or all scenes
 - `colour`, `shape`: share of foregrounds the ground-truth-trained classifier
   recognises as the asked colour / shape (layer fidelity).
 - `coherence_psnr`: PSNR of the global layer against the composite of the layers.
-- `background_psnr`, `alpha_iou`: decomposition of the ground-truth composite
-  (`pipeline.decompose.decompose` with the true prompts and boxes) against the true background and
-  alphas; IRH plays no part there (the global layer is pinned).
+- `background_psnr`, `alpha_iou`: decomposition of the ground-truth composite with the
+  true prompts and boxes against the true background and alphas (`eval.decomposition`).
 
 Set-level measures (`set_measures`), each with a 95% bootstrap interval:
 
@@ -39,7 +38,6 @@ model's `box_margin`, so `layout` can only fall below 1 by mass inside that marg
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -47,28 +45,29 @@ from typing import Any
 
 import numpy as np
 
-from dreamlayer_jax.data.scene import LayeredScene
 from dreamlayer_jax.eval.classifier import LayerClassifier, train_classifier
+from dreamlayer_jax.eval.decomposition import (
+    DECOMPOSITION_MEASURES,
+    decompose_all,
+    decomposition_values,
+)
 from dreamlayer_jax.eval.measures import (
-    alpha_iou,
     box_iou,
     coherence_psnr,
     fid,
     layout_alignment,
     mean_ci95,
     noise_ratio,
-    psnr,
 )
-from dreamlayer_jax.eval.scenes import held_out_scenes, synthetic_scenes
+from dreamlayer_jax.eval.scenes import SEED_BASE, Pair, held_out_scenes, synthetic_scenes
 from dreamlayer_jax.pipeline.result import LayeredResult
 from dreamlayer_jax.pipeline.scene import Scene
 
 __all__ = ["ABLATION_SETTINGS", "DECOMPOSITION_ROW", "MEASURES", "REFERENCE_ROW",
            "STUDY_MEASURES", "AblationRow", "FidReference", "ablation", "cell",
-           "decomposition_values", "evaluate", "fid_reference", "format_table", "generate",
+           "evaluate", "fid_reference", "format_table", "generate",
            "held_out_scenes", "reference_measures", "score", "set_measures", "study_measures"]
 
-Pair = tuple[Scene, LayeredScene]
 Log = Callable[[str], None]
 
 # measure -> (column title, digits)
@@ -87,7 +86,6 @@ MEASURES: dict[str, tuple[str, int]] = {
     "fid_background": ("FID bg", 2),
     "fid_foreground": ("FID fg", 2),
 }
-DECOMPOSITION_MEASURES = ("background_psnr", "alpha_iou")
 SET_MEASURES = ("noise_global", "noise_background", "noise_foreground", "fid_composite",
                 "fid_background", "fid_foreground")
 # the recipe study's columns (no decomposition: it costs as much as generation)
@@ -110,7 +108,6 @@ ABLATION_SETTINGS: tuple[tuple[str, dict[str, bool]], ...] = (
 )
 
 REFERENCE_ROW = "ground truth (reference)"
-SEED_BASE = 1_000_000  # sampling seeds: SEED_BASE * (seed + 1) + scene index
 
 
 @dataclass
@@ -223,25 +220,6 @@ def reference_measures(pairs: Sequence[Pair], classifier: LayerClassifier,
     return out
 
 
-def decompose_all(pipe: Any, pairs: Sequence[Pair], *, steps: int = 20, guidance: float = 5.0,
-                  seed: int = 0, caca: bool = True, lssa: bool = True,
-                  decomposer: Callable[..., LayeredResult] | None = None
-                  ) -> list[LayeredResult]:
-    """Decompose each pair's ground-truth composite with its true prompts and boxes;
-    `decomposer(image, layers, background, prompt=..., **kw)` defaults to
-    `pipeline.decompose.decompose` with `pipe`."""
-    if decomposer is None:
-        from dreamlayer_jax.pipeline.decompose import decompose
-
-        decomposer = functools.partial(decompose, pipe)
-    return [
-        decomposer(truth.composite, list(request.layers), request.background,
-                   prompt=request.prompt, num_inference_steps=steps, guidance_scale=guidance,
-                   seed=SEED_BASE * (int(seed) + 1) + i, caca=caca, lssa=lssa)
-        for i, (request, truth) in enumerate(pairs)
-    ]
-
-
 def score(pairs: Sequence[Pair], results: Sequence[LayeredResult],
           classifier: LayerClassifier,
           decompositions: Sequence[LayeredResult] | None = None) -> dict[str, list[float]]:
@@ -260,18 +238,6 @@ def score(pairs: Sequence[Pair], results: Sequence[LayeredResult],
             coherence_psnr(result.composite, result.background, result.layers))
     if decompositions:
         values.update(decomposition_values(pairs, decompositions))
-    return values
-
-
-def decomposition_values(pairs: Sequence[Pair], decompositions: Sequence[LayeredResult]
-                         ) -> dict[str, list[float]]:
-    """Per-scene background PSNR and per-foreground alpha IoU of decomposed true
-    composites against their truth (`DECOMPOSITION_MEASURES`)."""
-    values: dict[str, list[float]] = {name: [] for name in DECOMPOSITION_MEASURES}
-    for (_, truth), recovered in zip(pairs, decompositions, strict=True):
-        values["background_psnr"].append(psnr(recovered.background, truth.background))
-        for layer, true_layer in zip(recovered.layers, truth.layers, strict=True):
-            values["alpha_iou"].append(alpha_iou(layer, true_layer))
     return values
 
 

@@ -20,7 +20,10 @@ from dreamlayer_jax.pipeline.scene import Layer, Scene
 
 HELD_OUT_BASE = 10_000
 CLASSIFIER_BASE = 20_000
+SEED_BASE = 1_000_000  # sampling seeds: SEED_BASE * (seed + 1) + scene index
 MIN_RENDER = 16  # the generator's smallest resolution
+
+Pair = tuple[Scene, LayeredScene]  # (what the pipeline is asked for, the ground truth)
 
 
 def _box_filter(image: np.ndarray, factor: int) -> np.ndarray:
