@@ -41,4 +41,4 @@ ARCHITECTURE["dreamlayer"].update(PAPER)
 def get_config() -> dict[str, Any]:
     return {**_V2.get_config(), "model": _V2._V1.repo_path("runs/builtin_paper/init"),
             "dreamlayer": dict(PAPER), "context_loss_weight": 1.0, "layout_loss_weight": 1.0,
-            "num_steps": 1900}
+            "num_steps": 1900, "end_lr_ratio": 1.0, "cooldown_steps": 0}  # constant, as run
