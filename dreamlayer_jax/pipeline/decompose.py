@@ -33,6 +33,7 @@ from PIL import Image, UnidentifiedImageError
 
 from dreamlayer_jax.attention.context import LayerContext
 from dreamlayer_jax.attention.masks import background_region, foreground_regions
+from dreamlayer_jax.data.compositing import to_float, to_uint8
 from dreamlayer_jax.data.image_io import pil_to_rgba
 from dreamlayer_jax.errors import InputError
 from dreamlayer_jax.models.layer_unet import DreamLayerUNet
@@ -270,11 +271,10 @@ def matted(pipe: DreamLayerPipeline, result: LayeredResult, pixels: np.ndarray
            ) -> LayeredResult:
     """`result` with its foregrounds re-cut from the picture `pixels` (`[H, W, 3]` in
     [0, 1]; `picture_matte`) and their latents re-encoded from the matted layers."""
-    picture = (pixels * 255.0 + 0.5).astype(np.uint8)
-    layers = picture_matte(picture, result.background, result.layers)
+    layers = picture_matte(to_uint8(pixels), result.background, result.layers)
     latents = result.latents
     if layers and latents is not None:
-        rgba = jnp.asarray(np.stack(layers).astype(np.float32) / 255.0)
+        rgba = jnp.asarray(to_float(np.stack(layers)))
         latents = latents.copy()
         latents[1:1 + len(layers)] = np.asarray(pipe.codec.encode(rgba), np.float32)
     return dataclasses.replace(result, layers=layers, latents=latents)

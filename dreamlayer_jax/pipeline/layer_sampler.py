@@ -114,8 +114,7 @@ def sample_layers(
         the clean one, `[S + 1, B, h, w, c]`; "edit": the kept clean layers `[B, L, h, w, c]`.
       layer_noise: "edit": the fixed noise `[B, L, h, w, c]` that re-noises kept layers.
       keep: "edit": `bool[B, L]`, the slots held to `pinned` (default: all but global);
-        "decompose": `bool[B, L, h, w, 1]`, the cells held to `pinned` (default: the
-        global slot's).
+        "decompose": `bool[B, L, h, w, 1]`, the cells held to `pinned` (required).
       sharding: the latents' sharding, e.g. batch over "data" and layers over "layer".
       progress: a `ProgressHook` ticked once per step.
       alpha_decoder, alpha_params: paper variant: the codec's alpha decoding
@@ -135,9 +134,11 @@ def sample_layers(
     if mode == "edit":
         held = keep if keep is not None else jnp.arange(x.shape[1]) < x.shape[1] - 1
         held = jnp.broadcast_to(held, x.shape[:2])[..., None, None, None]
-    elif mode == "decompose":  # cells: [B, L, h, w, 1], or the global slot [1, L, 1, 1, 1]
-        held = keep if keep is not None else (
-            jnp.arange(x.shape[1]) == x.shape[1] - 1)[None, :, None, None, None]
+    elif mode == "decompose":
+        if keep is None:
+            raise ValueError("mode='decompose' needs keep, the cells held to pinned "
+                             "(`pipeline.decompose.background_keep`)")
+        held = keep  # [B, L, h, w, 1]
 
     def post_step(x: jax.Array, i: jax.Array) -> jax.Array:
         done = i + 1

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dreamlayer_jax.data.compositing import to_uint8
+
 MIN_CONTRAST = 0.05  # below this a layer's body is indistinguishable from the background
 
 
@@ -48,9 +50,8 @@ def picture_matte(picture: np.ndarray, background: np.ndarray, layers: Sequence[
     """Re-cut `layers` (`uint8[H, W, 4]`, straight alpha, paint order) from `picture`
     (`uint8[H, W, 3]`) over its recovered `background` (`uint8[H, W, 3]`); see the module
     docstring. A layer with no body keeps its pixels. Returns new `uint8[H, W, 4]` arrays."""
-    pic = picture.astype(np.float64) / 255.0
     bg = background.astype(np.float64) / 255.0
-    d = pic - bg  # [H, W, 3]
+    d = picture.astype(np.float64) / 255.0 - bg  # [H, W, 3]
     taken = np.zeros(d.shape[:2], bool)  # opaque in a layer in front
     out: list[np.ndarray] = [None] * len(layers)  # type: ignore[list-item]
     for index in reversed(range(len(layers))):
@@ -66,9 +67,8 @@ def picture_matte(picture: np.ndarray, background: np.ndarray, layers: Sequence[
         share = d @ contrast / float(contrast @ contrast)
         alpha = np.where(region, np.clip(share, 0.0, 1.0), 0.0)
         safe = np.maximum(alpha, 1e-6)[..., None]
-        colour = np.clip(bg + (pic - bg) / safe, 0.0, 1.0)
+        colour = np.clip(bg + d / safe, 0.0, 1.0)
         colour = np.where(alpha[..., None] > 0, colour, layer[..., :3] / 255.0)
-        rgba = np.concatenate([colour, alpha[..., None]], axis=-1)
-        out[index] = (rgba * 255.0 + 0.5).astype(np.uint8)
+        out[index] = to_uint8(np.concatenate([colour, alpha[..., None]], axis=-1))
         taken |= alpha > threshold
     return out
