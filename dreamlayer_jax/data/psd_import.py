@@ -15,26 +15,21 @@ Refused, with one line naming the layer: blend modes other than normal on anythi
 painted over other pixels (the result depends on what is below), dissolve, adjustment
 layers that act on the layers below, effects psd-tools does not draw (shadows, glows,
 bevel, satin), blend-if ranges and knockout. Colour: RGB, grayscale, CMYK and Lab
-documents at 8, 16 or 32 bits are converted to 8-bit sRGB through the file's ICC
-profile (32-bit values are linear light, encoded with the sRGB curve); indexed and
-bitmap files without layers are read through their palette / as black and white;
-duotone, multichannel, CMYK without a usable profile and indexed files with layers
-are refused. The scene this project wrote the file from, if any, is read from its XMP
-metadata (`io/scene_record.py`).
+documents at 8, 16 or 32 bits become 8-bit sRGB through the file's ICC profile
+(`data/psd_colour.py` says what else is read or refused). The scene this project
+wrote the file from, if any, is read from its XMP metadata (`io/scene_record.py`).
 """
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageCms
 from psd_tools import PSDImage
 from psd_tools.api.layers import AdjustmentLayer, FillLayer, Layer, ShapeLayer
 from psd_tools.composite import composite
-from psd_tools.constants import BlendMode, ColorMode, Resource, Tag
+from psd_tools.constants import BlendMode, Resource, Tag
 
 from dreamlayer_jax.data.layer_stack import (
     FLAT_PICTURE,
@@ -48,6 +43,7 @@ from dreamlayer_jax.data.layer_stack import (
     scale_alpha,
     to_rgba8,
 )
+from dreamlayer_jax.data.psd_colour import DocumentColour
 from dreamlayer_jax.io.scene_record import read_record
 
 PSD_SUFFIXES = (".psd", ".psb")
@@ -70,75 +66,6 @@ _GROUP_MODES = (BlendMode.PASS_THROUGH, BlendMode.NORMAL)
 
 def _mode_name(mode: BlendMode) -> str:
     return mode.name.lower().replace("_", " ")
-
-
-class _Colour:
-    """Document colour (psd-tools' float arrays in the file's colour mode) -> sRGB."""
-
-    def __init__(self, psd: PSDImage, path: Path, has_layers: bool, notes: list[str]):
-        self.mode, self.depth = psd.color_mode, psd.depth
-        # colour channels of the merged image as psd-tools reads it (indexed: via palette)
-        self.channels = {ColorMode.GRAYSCALE: 1, ColorMode.BITMAP: 1, ColorMode.CMYK: 4}.get(
-            self.mode, 3)
-        self.transform = None
-        if self.mode in (ColorMode.DUOTONE, ColorMode.MULTICHANNEL):
-            raise refuse(path, f"{self.mode.name.lower()} colour mode is not supported "
-                               "(convert the file to RGB)")
-        if self.mode in (ColorMode.INDEXED, ColorMode.BITMAP) and has_layers:
-            raise refuse(path, f"{self.mode.name.lower()} file with layers is not supported "
-                               "(convert the file to RGB)")
-        icc = psd.image_resources.get_data(Resource.ICC_PROFILE)
-        pil_mode = {ColorMode.RGB: "RGB", ColorMode.INDEXED: "RGB", ColorMode.GRAYSCALE: "L",
-                    ColorMode.CMYK: "CMYK", ColorMode.LAB: "LAB"}.get(self.mode)
-        profile = None
-        if self.mode == ColorMode.LAB:
-            profile = ImageCms.createProfile("LAB", 5000)  # Photoshop's Lab is D50
-        elif self.depth == 32:
-            pass  # linear light in the profile's primaries: the sRGB curve alone (below)
-        elif icc and pil_mode is not None:
-            try:
-                profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-                description = ImageCms.getProfileDescription(profile).strip()
-            except (ImageCms.PyCMSError, OSError, TypeError) as exc:
-                notes.append(f"unreadable ICC profile ignored ({exc})")
-                profile, description = None, ""
-            if profile is not None and pil_mode == "RGB" and description.startswith("sRGB"):
-                profile = None  # already sRGB: no rounding through a transform
-        if profile is not None:
-            try:
-                self.transform = ImageCms.buildTransform(
-                    profile, ImageCms.createProfile("sRGB"), pil_mode, "RGB",
-                    renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
-                    flags=ImageCms.Flags.BLACKPOINTCOMPENSATION)
-                self.pil_mode = pil_mode
-            except ImageCms.PyCMSError as exc:
-                notes.append(f"ICC profile cannot be applied ({exc}); colours read as sRGB")
-                self.transform = None
-        if self.mode == ColorMode.CMYK and self.transform is None:
-            raise refuse(path, "CMYK file without a usable ICC profile: its colours cannot "
-                               "be converted faithfully")
-
-    def __call__(self, color: np.ndarray) -> np.ndarray:
-        """float `[H, W, C]` in the document's mode -> float sRGB `[H, W, 3]`."""
-        color = np.asarray(color, np.float32)
-        if self.depth == 32:  # linear light: encode with the sRGB curve
-            linear = np.clip(color, 0.0, 1.0)
-            color = np.where(linear <= 0.0031308, 12.92 * linear,
-                             1.055 * np.power(linear, 1 / 2.4) - 0.055)
-        if self.mode == ColorMode.CMYK:
-            color = 1.0 - color[..., :4]  # stored as 1 - ink; PIL's CMYK is ink
-        elif self.mode in (ColorMode.GRAYSCALE, ColorMode.BITMAP):
-            color = color[..., :1]
-        else:
-            color = color[..., :3]
-        if self.transform is None:
-            return np.repeat(color, 3, axis=-1) if color.shape[-1] == 1 else color
-        pixels = np.clip(np.rint(color * 255.0), 0, 255).astype(np.uint8)
-        if self.pil_mode == "LAB":  # Pillow's LAB holds a* and b* as signed bytes
-            pixels[..., 1:] = pixels[..., 1:] - np.uint8(128)
-        image = Image.frombytes(self.pil_mode, pixels.shape[1::-1], pixels.tobytes())
-        out = ImageCms.applyTransform(image, self.transform)
-        return np.asarray(out, np.float32) / 255.0
 
 
 def _key(key: Any) -> str:
@@ -233,7 +160,7 @@ def _blend_if(layer: Layer) -> bool:
 
 
 class _Walk:
-    def __init__(self, psd: PSDImage, path: Path, stack: LayerStack, colour: _Colour):
+    def __init__(self, psd: PSDImage, path: Path, stack: LayerStack, colour: DocumentColour):
         self.psd, self.path, self.stack, self.colour = psd, path, stack, colour
         self.index = 0  # layers seen, from the bottom (names unnamed ones in messages)
         self.painted = False  # whether anything was painted below the current layer
@@ -417,7 +344,7 @@ def read_psd_stack(path: Path) -> LayerStack:
     stack = LayerStack("psd", psd.height, psd.width, [], None)
     stack.record = read_record(psd.image_resources.get_data(Resource.XMP_METADATA), True,
                                stack.warnings)
-    colour = _Colour(psd, path, has_layers, stack.warnings)
+    colour = DocumentColour(psd, path, has_layers, stack.warnings)
     walk = _Walk(psd, path, stack, colour)
     if has_layers:
         stack.layers = walk.container(psd, 1.0, stack.baked)
