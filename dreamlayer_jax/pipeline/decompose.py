@@ -87,7 +87,7 @@ def load_image(image: ImageLike, resolution: int) -> np.ndarray:
     if pixels.shape[:2] != (resolution, resolution):
         warnings.warn(f"image of size {pixels.shape[1]}x{pixels.shape[0]} resized to the "
                       f"model's {resolution}x{resolution}", stacklevel=3)
-        rgb8 = Image.fromarray((pixels * 255.0 + 0.5).astype(np.uint8), mode="RGB")
+        rgb8 = Image.fromarray(to_uint8(pixels), mode="RGB")
         rgb8 = rgb8.resize((resolution, resolution), Image.Resampling.BICUBIC)
         pixels = np.asarray(rgb8).astype(np.float32) / 255.0
     return pixels

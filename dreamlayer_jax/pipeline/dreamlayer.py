@@ -21,6 +21,7 @@ from dreamlayer_jax.attention.backends import resolve_backend
 from dreamlayer_jax.attention.context import LayerContext, make_roles
 from dreamlayer_jax.attention.masks import ROLE_FOREGROUND, box_masks_soft
 from dreamlayer_jax.codecs.alpha import split_alpha_decoder
+from dreamlayer_jax.data.compositing import to_uint8
 from dreamlayer_jax.errors import InputError, NumericalError
 from dreamlayer_jax.io import resolve_model_folder
 from dreamlayer_jax.io.layerdiffuse import merge_layerdiffuse_attention
@@ -347,7 +348,7 @@ class DreamLayerPipeline:
         inside = np.asarray(box_masks_soft(ctx.boxes, height, width, ctx.box_margin))
         is_fg = np.asarray(ctx.roles == ROLE_FOREGROUND)
         rgba[..., 3] *= np.where(is_fg[..., None, None], inside, 1.0)
-        rgba = (np.clip(rgba, 0, 1) * 255 + 0.5).astype(np.uint8)
+        rgba = to_uint8(rgba)
         results = []
         for i, scene in enumerate(scenes):
             k = len(scene.layers)
