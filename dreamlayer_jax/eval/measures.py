@@ -108,7 +108,11 @@ def psnr(image: np.ndarray, reference: np.ndarray) -> float:
     a, b = to_float(np.asarray(image)), to_float(np.asarray(reference))
     if a.shape != b.shape:
         raise ValueError(f"image shapes differ: {a.shape} vs {b.shape}")
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return psnr_of_mse(float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)))
+
+
+def psnr_of_mse(mse: float) -> float:
+    """PSNR in dB of a mean squared error at peak 1, capped at `PSNR_CAP`."""
     if mse <= 10.0 ** (-PSNR_CAP / 10.0):
         return PSNR_CAP
     return min(PSNR_CAP, float(-10.0 * np.log10(mse)))
