@@ -37,13 +37,18 @@ class Codec(Protocol):
 class Compositor(Protocol):
     """Latent-space compositing; hashable, so it can be a static argument of `jax.jit`."""
 
-    def latent_alpha(self, latents: jax.Array) -> jax.Array | None:
+    def latent_alpha(self, latents: jax.Array, signal_scale: float | jax.Array = 1.0
+                     ) -> jax.Array | None:
         """A layer's opacity at latent resolution `[N, h, w, 1]` in [0, 1], or None
-        when the latent alone does not tell (IRH then uses the region masks)."""
+        when the latent alone does not tell (IRH then uses the region masks).
+
+        `latents` may be a noisy sample `signal_scale * z0 + noise`: the opacity is then
+        estimated from `latents / signal_scale` (unbiased before the clip to [0, 1])."""
         ...
 
     def latent_over(self, under: jax.Array, over: jax.Array, gate: jax.Array) -> jax.Array:
-        """Paint the layer latent `over` on `under` where `gate[N, h, w, 1]` (its region)."""
+        """Paint the clean layer latent `over` on the clean `under` where `gate[N, h, w, 1]`
+        (its region). Noisy samples are blended instead (`pipeline.irh.composite_layers`)."""
         ...
 
 
@@ -63,8 +68,8 @@ class BlendCompositor:
     """DESIGN.md's latent blend `z <- a z_l + (1 - a) z` with `a` the region mask; for
     latents (such as the VAE's) whose opacity cannot be read off the latent."""
 
-    def latent_alpha(self, latents: jax.Array) -> None:
-        del latents
+    def latent_alpha(self, latents: jax.Array, signal_scale: float | jax.Array = 1.0) -> None:
+        del latents, signal_scale
         return None
 
     def latent_over(self, under: jax.Array, over: jax.Array, gate: jax.Array) -> jax.Array:

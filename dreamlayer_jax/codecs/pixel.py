@@ -67,11 +67,15 @@ class PixelCodec:
     def compositor(self) -> PixelCodec:
         return self
 
-    def latent_alpha(self, latents: jax.Array) -> jax.Array:
-        alpha = self._premultiplied(latents)[..., 3:]
+    def latent_alpha(self, latents: jax.Array, signal_scale: float | jax.Array = 1.0
+                     ) -> jax.Array:
+        """The mean alpha of each latent cell's `f x f` pixels, `[N, h, w, 1]`, read from
+        `latents / signal_scale` and averaged before the clip to [0, 1] (a noisy sample's
+        estimate is then unbiased wherever the true alpha is inside (0, 1))."""
+        alpha = (pixel_shuffle(latents, self.unshuffle)[..., 3:] / signal_scale + 1.0) / 2.0
         n, h, w, _ = latents.shape
         f = self.unshuffle
-        return alpha.reshape(n, h, f, w, f, 1).mean(axis=(2, 4))
+        return jnp.clip(alpha.reshape(n, h, f, w, f, 1).mean(axis=(2, 4)), 0.0, 1.0)
 
     def latent_over(self, under: jax.Array, over: jax.Array, gate: jax.Array) -> jax.Array:
         """Exact premultiplied "over" per pixel: `p = p_over + (1 - a_over) p_under`.

@@ -72,12 +72,21 @@ class IRHSettings:
 
 
 def composite_layers(
-    compositor: Compositor, latents: jax.Array, ctx: LayerContext
+    compositor: Compositor, latents: jax.Array, ctx: LayerContext,
+    signal_scale: float | jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Paint the foreground latents over the background latent in slot (paint) order.
 
+    Clean latents (`signal_scale` None) are painted with the codec's exact "over"
+    (`Compositor.latent_over`). A noisy sample `signal_scale * z0 + noise` is blended,
+    `z <- w z_l + (1 - w) z` with `w` the layer's estimated opacity inside its box
+    (`Compositor.latent_alpha(z_l, signal_scale)`, or the box): a convex blend keeps the
+    sample's noise level and leaves it untouched outside the foregrounds, where an
+    "over" of noisy values would clip and add their noise.
+
     Args:
       latents: `[B, L, h, w, c]` (slot 0 background, `L-1` global, ignored here).
+      signal_scale: the scale of the clean latent in `latents` (a scalar), or None.
     Returns:
       `(composite [B, h, w, c], coverage [B, h, w, 1])`, where `coverage` is the union
       of the foregrounds' opacities (their latent alpha inside their box, or the box).
@@ -86,13 +95,17 @@ def composite_layers(
     is_fg = (ctx.roles == ROLE_FOREGROUND) & ctx.layer_valid  # [B, L]
     gates = box_masks_soft(ctx.boxes, h, w, ctx.box_margin) * is_fg[..., None, None]
     gates = gates[..., None].astype(latents.dtype)  # [B, L, h, w, 1]
+    scale = 1.0 if signal_scale is None else signal_scale
     composite = latents[:, 0]
     clear = jnp.ones_like(gates[:, 0])
     for layer in range(1, num_layers - 1):
         z, gate = latents[:, layer], gates[:, layer]
-        composite = compositor.latent_over(composite, z, gate)
-        alpha = compositor.latent_alpha(z)
+        alpha = compositor.latent_alpha(z, scale)
         opacity = gate if alpha is None else gate * alpha
+        if signal_scale is None:
+            composite = compositor.latent_over(composite, z, gate)
+        else:
+            composite = composite + opacity.astype(z.dtype) * (z - composite)
         clear = clear * (1.0 - opacity)
     return composite, 1.0 - clear
 
@@ -104,10 +117,18 @@ def harmonize(
     ctx: LayerContext,
     steps_done: jax.Array,
     num_steps: int,
+    signal_scale: float | jax.Array = 1.0,
 ) -> jax.Array:
-    """Apply IRH to `latents[B, L, h, w, c]` after `steps_done` (traced) denoising steps."""
+    """Apply IRH to `latents[B, L, h, w, c]` after `steps_done` (traced) denoising steps;
+    `signal_scale` is the clean latent's scale in that sample (`SamplingPlan.signal_scale`
+    of the next step). After the last step the sample is clean and the layers are
+    painted exactly; before it they are blended (`composite_layers`)."""
     start = settings.start_index(num_steps)
-    composite, coverage = composite_layers(compositor, latents, ctx)
+    exact, exact_coverage = composite_layers(compositor, latents, ctx)
+    blend, blend_coverage = composite_layers(compositor, latents, ctx, signal_scale)
+    clean = steps_done >= num_steps
+    composite = jnp.where(clean, exact, blend)
+    coverage = jnp.where(clean, exact_coverage, blend_coverage)
     g = latents[:, -1]
     pulled = g + settings.retain * coverage * (composite - g)
     new_g = jnp.where(steps_done == start, composite, jnp.where(steps_done > start, pulled, g))

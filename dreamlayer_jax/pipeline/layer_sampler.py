@@ -150,7 +150,9 @@ def sample_layers(
             saved = jnp.where(done >= num_steps, pinned, renoised)
             x = jnp.where(held, saved.astype(x.dtype), x)
         if not paper:
-            x = harmonize(irh, compositor, x, ctx, done, num_steps)
+            level = jnp.minimum(done, num_steps - 1)  # the sample is now at step `done`
+            scale = jnp.where(done >= num_steps, 1.0, plan.signal_scale[level])
+            x = harmonize(irh, compositor, x, ctx, done, num_steps, scale)
         return finish_step(x, i)
 
     def finish_step(x: jax.Array, i: jax.Array) -> jax.Array:

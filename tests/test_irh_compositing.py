@@ -1,0 +1,83 @@
+"""IRH's latent composite of noisy samples (`pipeline.irh.composite_layers` with a signal
+scale) against the exact one of clean latents, on the pixel codec."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dreamlayer_jax.attention.context import LayerContext, make_roles
+from dreamlayer_jax.codecs.pixel import PixelCodec
+from dreamlayer_jax.pipeline.irh import IRHSettings, composite_layers, harmonize
+
+CODEC = PixelCodec(2)
+SIZE = 16  # pixels; latents 8 x 8 x 16
+
+
+def _context() -> LayerContext:
+    """Background, one foreground boxed in the top-left quarter, global."""
+    valid = jnp.ones((1, 3), bool)
+    boxes = jnp.array([[[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 1.0, 1.0]]])
+    return LayerContext(layer_valid=valid, roles=make_roles(valid), boxes=boxes,
+                        text=jnp.zeros((1, 3, 4, 8)), box_margin=0.0)
+
+
+def _clean_latents() -> jax.Array:
+    """`[1, 3, 8, 8, 16]`: a bright opaque background, an opaque square in the foreground's
+    box (pixels 3-6: latent cell 2 whole, cells 1 and 3 in part), a global layer."""
+    background = jnp.concatenate([jnp.full((SIZE, SIZE, 3), 0.95), jnp.ones((SIZE, SIZE, 1))],
+                                 -1)
+    square = jnp.zeros((SIZE, SIZE, 4)).at[3:7, 3:7].set(jnp.array([0.2, 0.4, 0.9, 1.0]))
+    layers = jnp.stack([background, square, background * 0.5 + 0.25])
+    return CODEC.encode(layers)[None]
+
+
+def test_the_blend_leaves_a_noisy_background_untouched_outside_the_boxes():
+    """A noisy sample's values beyond [-1, 1] pass through where no foreground paints (the
+    exact "over" clips them: it darkened IRH's global layer)."""
+    ctx, scale = _context(), 0.75
+    noisy = scale * _clean_latents() + 0.7 * jax.random.normal(jax.random.key(0),
+                                                               (1, 3, 8, 8, 16))
+    blend, _ = composite_layers(CODEC, noisy, ctx, scale)
+    outside = np.ones((8, 8), bool)
+    outside[:4, :4] = False  # the foreground's box, in latent cells
+    np.testing.assert_array_equal(np.asarray(blend[0])[outside],
+                                  np.asarray(noisy[0, 0])[outside])
+    exact, _ = composite_layers(CODEC, noisy, ctx)
+    assert np.abs(np.asarray(exact[0] - noisy[0, 0])[outside]).max() > 0.5
+
+
+def test_the_estimated_opacity_of_a_noisy_sample_is_the_clean_one_on_average():
+    ctx, scale = _context(), 0.75
+    clean = _clean_latents()
+    noise = jax.random.normal(jax.random.key(1), (256, *clean.shape[1:]))
+    _, truth = composite_layers(CODEC, clean, ctx)
+    _, estimates = composite_layers(CODEC, scale * clean + 0.3 * noise, ctx, scale)
+    mean = np.asarray(estimates).mean(0)[..., 0]
+    np.testing.assert_allclose(mean[1, 2], 0.5, atol=0.02)  # half the cell: unbiased
+    # at 0 and 1 the clip to [0, 1] biases the estimate inward by a few hundredths
+    assert mean[2, 2] > 0.9 and mean[4:, 4:].max() < 0.1
+    np.testing.assert_array_equal(np.asarray(truth[0, 1:4, 2, 0]), [0.5, 1.0, 0.5])
+
+
+def test_a_clean_blend_of_opaque_cells_matches_the_exact_composite():
+    ctx, clean = _context(), _clean_latents()
+    exact, coverage = composite_layers(CODEC, clean, ctx)
+    blend, _ = composite_layers(CODEC, clean, ctx, 1.0)
+    opaque_or_clear = np.isin(np.asarray(coverage[0, ..., 0]), (0.0, 1.0))
+    np.testing.assert_allclose(np.asarray(blend[0])[opaque_or_clear],
+                               np.asarray(exact[0])[opaque_or_clear], atol=1e-6)
+
+
+def test_harmonize_pastes_the_exact_composite_after_the_last_step_only():
+    ctx, clean = _context(), _clean_latents()
+    settings = IRHSettings(start=0.5, retain=1.0)
+    exact, coverage = composite_layers(CODEC, clean, ctx)
+    blend, _ = composite_layers(CODEC, clean, ctx, 1.0)
+    assert np.abs(np.asarray(exact - blend)).max() > 1e-3  # the square's soft cells
+    last = harmonize(settings, CODEC, clean, ctx, jnp.int32(4), 4, 1.0)
+    before = harmonize(settings, CODEC, clean, ctx, jnp.int32(3), 4, 1.0)
+    inside = np.asarray(coverage[0]) > 0
+    np.testing.assert_allclose(np.asarray(last[0, -1]), np.asarray(
+        clean[0, -1] + coverage[0] * (exact[0] - clean[0, -1])), atol=1e-6)
+    assert not np.allclose(np.asarray(before[0, -1])[inside[..., 0]],
+                           np.asarray(last[0, -1])[inside[..., 0]])
