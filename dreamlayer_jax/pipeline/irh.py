@@ -3,7 +3,8 @@
 **Box form** (DESIGN.md section 2; `harmonize`, run after every sampler step): at step
 `start = round(S * (1 - irh_start))` the global latent is replaced by the composite of
 the layer latents; at every later step it is pulled toward the layers' composite with
-strength `irh_retain` inside the layers' opacity.
+strength `irh_retain` inside the layers' opacity. The samples are noisy until the last
+step, so they are blended, not painted (`composite_layers`).
 
 **Paper form** (DESIGN.md section 8, paper eq. 12), two passes inside the one jitted
 sampler (`pipeline.layer_sampler`):
