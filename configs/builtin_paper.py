@@ -15,9 +15,10 @@ runs the paper losses on them). Context-aware layers sized for a 64-wide text en
         --base runs/builtin_v2/export
     python train.py --config configs/builtin_paper.py --workdir runs/builtin_paper --resume
 
-(`make builtin-paper`, after `make builtin-v2`.) The shipped `builtin:paper` started
-from v2's step-1600 export (`make builtin-paper V2=FOLDER` names another base) and is
-this run's step-1900 export.
+(`make builtin-paper`, after `make builtin-v2`; `V2=FOLDER` names another base.) The
+shipped `builtin:paper` started from v2's step-11300 export (the one that ended on a
+cooldown, `configs/builtin_v2.py`) and is this run's step-1100 export (session 11); the
+one before it started from v2's step 1600 and trained 1900 steps (session 8).
 """
 
 from __future__ import annotations
@@ -41,4 +42,4 @@ ARCHITECTURE["dreamlayer"].update(PAPER)
 def get_config() -> dict[str, Any]:
     return {**_V2.get_config(), "model": _V2._V1.repo_path("runs/builtin_paper/init"),
             "dreamlayer": dict(PAPER), "context_loss_weight": 1.0, "layout_loss_weight": 1.0,
-            "num_steps": 1900, "end_lr_ratio": 1.0, "cooldown_steps": 0}  # constant, as run
+            "num_steps": 1100, "end_lr_ratio": 1.0, "cooldown_steps": 0}  # constant, as run
