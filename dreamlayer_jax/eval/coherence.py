@@ -25,16 +25,9 @@ import numpy as np
 
 from dreamlayer_jax.data.compositing import alpha_composite_float, to_float
 from dreamlayer_jax.eval.measures import psnr_of_mse
+from dreamlayer_jax.pipeline.matte import dilate
 
 REGIONS = ("outline", "body", "background")
-
-
-def _neighbourhood(mask: np.ndarray, reduce: str) -> np.ndarray:
-    """3x3 max (`"any"`) or min (`"all"`) of a boolean mask `[H, W]`, edges replicated."""
-    padded = np.pad(mask, 1, mode="edge")
-    h, w = mask.shape
-    views = [padded[i:i + h, j:j + w] for i in range(3) for j in range(3)]
-    return np.logical_or.reduce(views) if reduce == "any" else np.logical_and.reduce(views)
 
 
 def _box_blur(image: np.ndarray) -> np.ndarray:
@@ -64,7 +57,7 @@ def region_masks(layers: Sequence[np.ndarray], height: int, width: int
         uncovered *= 1.0 - to_float(layer)[..., 3]
     cover = 1.0 - uncovered
     inside = cover >= 0.5
-    crossing = _neighbourhood(inside, "any") & ~_neighbourhood(inside, "all")
+    crossing = dilate(inside, 1) & dilate(~inside, 1)  # both sides within a pixel
     outline = crossing | ((cover > 0.05) & ~inside)
     body = inside & ~outline
     return {"outline": outline, "body": body, "background": ~(outline | body)}

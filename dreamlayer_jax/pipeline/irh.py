@@ -125,11 +125,13 @@ def harmonize(
     of the next step). After the last step the sample is clean and the layers are
     painted exactly; before it they are blended (`composite_layers`)."""
     start = settings.start_index(num_steps)
-    exact, exact_coverage = composite_layers(compositor, latents, ctx)
-    blend, blend_coverage = composite_layers(compositor, latents, ctx, signal_scale)
-    clean = steps_done >= num_steps
-    composite = jnp.where(clean, exact, blend)
-    coverage = jnp.where(clean, exact_coverage, blend_coverage)
+
+    def paint(scale: float | jax.Array | None) -> tuple[jax.Array, jax.Array]:
+        composite, coverage = composite_layers(compositor, latents, ctx, scale)
+        return composite.astype(latents.dtype), coverage.astype(jnp.float32)
+
+    composite, coverage = jax.lax.cond(steps_done >= num_steps, lambda: paint(None),
+                                       lambda: paint(signal_scale))
     g = latents[:, -1]
     pulled = g + settings.retain * coverage * (composite - g)
     new_g = jnp.where(steps_done == start, composite, jnp.where(steps_done > start, pulled, g))
