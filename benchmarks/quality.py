@@ -72,9 +72,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="keep the rows an interrupted run with the same arguments "
                              "and models "
                              "measured (kept in OUT.rows.json as each row finishes)")
+    parser.add_argument("--remeasure", action="append", default=[], metavar="MODEL",
+                        help="with --resume, measure this model's rows again although "
+                             "its weights and settings are unchanged (after a change of "
+                             "the sampling or measuring code), repeatable")
     args = parser.parse_args(argv)
     if args.scenes < 1 or args.steps < 1 or args.batch_size < 1 or args.samples < 0:
         parser.error("--scenes, --steps and --batch-size must be positive, --samples >= 0")
+    unknown = [m for m in args.remeasure if m not in (args.model or ["builtin"])]
+    if unknown:
+        parser.error(f"--remeasure {unknown[0]}: not one of the --model names")
     return args
 
 
@@ -179,7 +186,8 @@ class RowStore:
     finishes, so that `--resume` carries a long run over an interruption.
 
     `fingerprints` (model name -> `pipeline_fingerprint`): a model whose weights or
-    settings changed since its rows were stored has them measured again (`stale`)."""
+    settings changed since its rows were stored, or that `args.remeasure` names (the
+    fingerprint does not see code), has them measured again (`stale`)."""
 
     def __init__(self, path: Path, args: argparse.Namespace,
                  fingerprints: dict[str, str] | None = None):
@@ -197,7 +205,8 @@ class RowStore:
             stored = data.get("fingerprints", {})
             for model, rows in data.get("models", {}).items():
                 current, then = self.fingerprints.get(model), stored.get(model)
-                if current is not None and current != then:  # changed, or no fingerprint
+                redo = model in getattr(args, "remeasure", ())
+                if redo or (current is not None and current != then):  # or no fingerprint
                     self.stale.append(model)
                 elif then is not None:  # unchanged, or not measured in this run: kept
                     self.models[model] = rows
@@ -322,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for name in store.stale:
         print(f"note: {name} changed since its rows were measured (or they predate "
-              "fingerprints): measuring it again")
+              "fingerprints, or --remeasure names it): measuring it again")
     args.kept_rows = sum(len(rows) for rows in store.models.values())
     if args.scenes < MIN_SCENES:
         print(f"note: {args.scenes} scenes (< {MIN_SCENES}): indicative only")

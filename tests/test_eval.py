@@ -415,6 +415,14 @@ def test_quality_report_places_the_notes_and_resume_refuses_other_arguments(tmp_
     changed = module.RowStore(rows, resume, {"builtin:box": "cccc", "builtin:paper": "bbbb"})
     assert changed.stale == ["builtin:box"] and changed.done("builtin:box") == {}
     assert changed.done("builtin:paper")["all"].measures == {"colour": (0.4, 0.1)}
+    # the sampling code changed, which no fingerprint sees: --remeasure names the model
+    redo = module.RowStore(rows, module.parse_args(
+        ["--steps", "10", "--resume", "--model", "builtin:paper", "--remeasure",
+         "builtin:paper"]), {"builtin:box": "aaaa", "builtin:paper": "bbbb"})
+    assert redo.stale == ["builtin:paper"] and redo.done("builtin:paper") == {}
+    assert redo.done("builtin:box")["all"].measures == {"colour": (0.5, 0.1)}
+    with pytest.raises(SystemExit):
+        module.parse_args(["--remeasure", "builtin:paper"])  # not a --model
     with pytest.raises(DreamLayerError, match="--resume"):
         module.RowStore(rows, module.parse_args(["--steps", "20", "--resume"]))
 
