@@ -7,7 +7,14 @@ import numpy as np
 
 from dreamlayer_jax.attention.context import LayerContext, make_roles
 from dreamlayer_jax.codecs.pixel import PixelCodec
-from dreamlayer_jax.pipeline.irh import IRHSettings, composite_layers, harmonize
+from dreamlayer_jax.pipeline.irh import (
+    IRHSettings,
+    composite_layers,
+    foreground_gates,
+    harmonize,
+    paint_weights,
+    share_noise,
+)
 
 CODEC = PixelCodec(2)
 SIZE = 16  # pixels; latents 8 x 8 x 16
@@ -81,3 +88,57 @@ def test_harmonize_pastes_the_exact_composite_after_the_last_step_only():
         clean[0, -1] + coverage[0] * (exact[0] - clean[0, -1])), atol=1e-6)
     assert not np.allclose(np.asarray(before[0, -1])[inside[..., 0]],
                            np.asarray(last[0, -1])[inside[..., 0]])
+
+
+def _two_foregrounds() -> tuple[LayerContext, jax.Array]:
+    """Background, two overlapping boxed foregrounds, global; a noisy sample at scale 0.8."""
+    valid = jnp.ones((1, 4), bool)
+    boxes = jnp.array([[[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.5, 0.5], [0.25, 0.25, 0.75, 0.75],
+                        [0.0, 0.0, 1.0, 1.0]]])
+    ctx = LayerContext(layer_valid=valid, roles=make_roles(valid), boxes=boxes,
+                       text=jnp.zeros((1, 4, 4, 8)), box_margin=0.0)
+    clean = CODEC.encode(jax.random.uniform(jax.random.key(2), (4, SIZE, SIZE, 4)))[None]
+    return ctx, 0.8 * clean + 0.5 * jax.random.normal(jax.random.key(3), clean.shape)
+
+
+def test_paint_weights_sum_to_one_and_give_the_layer_by_layer_blend():
+    ctx, noisy = _two_foregrounds()
+    weights = paint_weights(CODEC, noisy, ctx, 0.8)
+    np.testing.assert_allclose(np.asarray(weights.sum(1)), 1.0, atol=1e-6)
+    assert float(jnp.abs(weights[:, -1]).max()) == 0.0  # the global slot paints nothing
+    gates = foreground_gates(ctx, 8, 8)
+    blend = noisy[:, 0]
+    for layer in (1, 2):  # paint order: slot order
+        a = gates[:, layer] * CODEC.latent_alpha(noisy[:, layer], 0.8)
+        blend = blend + a * (noisy[:, layer] - blend)
+    composite, coverage = composite_layers(CODEC, noisy, ctx, 0.8)
+    np.testing.assert_allclose(np.asarray(composite), np.asarray(blend), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(coverage), np.asarray(1.0 - weights[:, 0]), atol=1e-6)
+
+
+def test_shared_noise_is_the_backgrounds_where_no_foreground_shows_from_irh_start_on():
+    ctx, noisy = _two_foregrounds()
+    settings = IRHSettings(start=0.5)  # of 4 steps: shared from step 2 on
+    noise = jax.random.normal(jax.random.key(4), noisy.shape)
+    before = share_noise(settings, CODEC, noisy, noise, ctx, jnp.int32(1), 4, 0.8)
+    np.testing.assert_array_equal(np.asarray(before), np.asarray(noise))
+    off = share_noise(settings.replace(enabled=False), CODEC, noisy, noise, ctx,
+                      jnp.int32(2), 4, 0.8)
+    np.testing.assert_array_equal(np.asarray(off), np.asarray(noise))
+    shared = share_noise(settings, CODEC, noisy, noise, ctx, jnp.int32(2), 4, 0.8)
+    np.testing.assert_array_equal(np.asarray(shared[:, :-1]), np.asarray(noise[:, :-1]))
+    outside = np.ones((8, 8), bool)
+    outside[:6, :6] = False  # the union of the two boxes, in latent cells
+    np.testing.assert_allclose(np.asarray(shared[0, -1])[outside],
+                               np.asarray(noise[0, 0])[outside], atol=1e-6)
+    assert np.abs(np.asarray(shared[0, -1] - noise[0, -1])[~outside]).max() > 0.1
+
+
+def test_shared_noise_keeps_a_unit_variance_at_every_cell():
+    ctx, noisy = _two_foregrounds()
+    keys = jax.random.split(jax.random.key(5), 4096)
+    draw = jax.vmap(lambda k: share_noise(
+        IRHSettings(start=0.5), CODEC, noisy, jax.random.normal(k, noisy.shape), ctx,
+        jnp.int32(3), 4, 0.8)[0, -1])(keys)  # [4096, h, w, c]
+    np.testing.assert_allclose(np.asarray(draw.var(0)), 1.0, atol=0.12)
+    np.testing.assert_allclose(np.asarray(draw.mean(0)), 0.0, atol=0.12)

@@ -279,6 +279,27 @@ def test_whole_loop_compiles_once_and_keys_drive_the_noise():
         sample_loop(sched, sched.set_timesteps(10), model, x)
 
 
+def test_noise_fn_rewrites_each_steps_draw_and_sees_the_sample_it_starts_from():
+    sched = EulerAncestralDiscreteScheduler.from_config(SD)
+    plan, x, key = sched.set_timesteps(4), jnp.ones(SHAPE), jax.random.key(2)
+
+    def run(noise_fn):
+        return sample_loop(sched, plan, lambda x, t, i: jax_model(x, t), x, key=key,
+                           noise_fn=noise_fn)
+
+    plain = run(None)
+    np.testing.assert_array_equal(np.asarray(run(lambda n, x, i: n)), np.asarray(plain))
+    # the draw replaced by the starting sample's first layer: the same as stepping by hand
+    by_hand, state = x, sched.init_state(SHAPE)
+    for i in range(4):
+        out = jax_model(sched.scale_model_input(plan, i, by_hand), plan.timesteps[i])
+        noise = jnp.broadcast_to(by_hand[:, :1], SHAPE)
+        by_hand, state = sched.step(plan, state, i, out, by_hand, noise=noise)
+    rewritten = run(lambda n, x, i: jnp.broadcast_to(x[:, :1], n.shape))
+    np.testing.assert_allclose(np.asarray(rewritten), np.asarray(by_hand), atol=1e-5)
+    assert not np.allclose(np.asarray(rewritten), np.asarray(plain))
+
+
 def test_step_with_key_draws_standard_normal_noise_of_the_sample_shape():
     sched = EulerAncestralDiscreteScheduler.from_config(SD)
     plan = sched.set_timesteps(10)

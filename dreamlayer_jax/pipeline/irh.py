@@ -4,7 +4,9 @@
 `start = round(S * (1 - irh_start))` the global latent is replaced by the composite of
 the layer latents; at every later step it is pulled toward the layers' composite with
 strength `irh_retain` inside the layers' opacity. The samples are noisy until the last
-step, so they are blended, not painted (`composite_layers`).
+step, so they are blended, not painted (`composite_layers`), and a stochastic sampler's
+fresh noise for the global layer is blended from the layers' the same way
+(`share_noise`, before each step from the start on).
 
 **Paper form** (DESIGN.md section 8, paper eq. 12), two passes inside the one jitted
 sampler (`pipeline.layer_sampler`):
@@ -72,6 +74,35 @@ class IRHSettings:
 # -- box form ---------------------------------------------------------------------------
 
 
+def foreground_gates(ctx: LayerContext, h: int, w: int) -> jax.Array:
+    """`float32[B, L, h, w, 1]`: each valid foreground's box (soft, with the margin), 0
+    on the other slots."""
+    gates = box_masks_soft(ctx.boxes, h, w, ctx.box_margin) * foreground_mask(ctx)[..., None, None]
+    return gates[..., None].astype(jnp.float32)
+
+
+def paint_weights(compositor: Compositor, latents: jax.Array, ctx: LayerContext,
+                  signal_scale: float | jax.Array = 1.0) -> jax.Array:
+    """Each slot's weight in the layers' composite, `float32[B, L, h, w, 1]`.
+
+    Painting the foregrounds in slot order over the background, a foreground's opacity
+    `a_l` is its estimated latent alpha inside its box (`Compositor.latent_alpha(z_l,
+    signal_scale)`, or the box when the codec cannot tell); its weight is `a_l prod_{f >
+    l} (1 - a_f)`, the background's `prod_f (1 - a_f)`, the global slot's (and padding's)
+    0. The weights sum to 1 at every cell.
+    """
+    b, num_layers, h, w, _ = latents.shape
+    gates = foreground_gates(ctx, h, w)
+    weights = jnp.zeros((b, num_layers, h, w, 1), jnp.float32)
+    clear = jnp.ones((b, h, w, 1), jnp.float32)
+    for layer in range(num_layers - 2, 0, -1):  # the top layer first
+        alpha = compositor.latent_alpha(latents[:, layer], signal_scale)
+        opacity = gates[:, layer] if alpha is None else gates[:, layer] * alpha
+        weights = weights.at[:, layer].set(opacity * clear)
+        clear = clear * (1.0 - opacity)
+    return weights.at[:, 0].set(clear)
+
+
 def composite_layers(
     compositor: Compositor, latents: jax.Array, ctx: LayerContext,
     signal_scale: float | jax.Array | None = None,
@@ -80,10 +111,10 @@ def composite_layers(
 
     Clean latents (`signal_scale` None) are painted with the codec's exact "over"
     (`Compositor.latent_over`). A noisy sample `signal_scale * z0 + noise` is blended,
-    `z <- w z_l + (1 - w) z` with `w` the layer's estimated opacity inside its box
-    (`Compositor.latent_alpha(z_l, signal_scale)`, or the box): a convex blend keeps the
-    sample's noise level and leaves it untouched outside the foregrounds, where an
-    "over" of noisy values would clip and add their noise.
+    `sum_l w_l z_l` with the weights of `paint_weights` (the same as `z <- a_l z_l + (1 -
+    a_l) z` layer by layer): a convex blend keeps the sample's noise level and leaves it
+    untouched outside the foregrounds, where an "over" of noisy values would clip and add
+    their noise.
 
     Args:
       latents: `[B, L, h, w, c]` (slot 0 background, `L-1` global, ignored here).
@@ -92,23 +123,42 @@ def composite_layers(
       `(composite [B, h, w, c], coverage [B, h, w, 1])`, where `coverage` is the union
       of the foregrounds' opacities (their latent alpha inside their box, or the box).
     """
-    _, num_layers, h, w, _ = latents.shape
-    is_fg = (ctx.roles == ROLE_FOREGROUND) & ctx.layer_valid  # [B, L]
-    gates = box_masks_soft(ctx.boxes, h, w, ctx.box_margin) * is_fg[..., None, None]
-    gates = gates[..., None].astype(latents.dtype)  # [B, L, h, w, 1]
-    scale = 1.0 if signal_scale is None else signal_scale
+    weights = paint_weights(compositor, latents, ctx, 1.0 if signal_scale is None
+                            else signal_scale)
+    coverage = 1.0 - weights[:, 0]
+    if signal_scale is not None:
+        composite = jnp.sum(weights * latents.astype(jnp.float32), axis=1)
+        return composite.astype(latents.dtype), coverage
+    gates = foreground_gates(ctx, *latents.shape[2:4]).astype(latents.dtype)
     composite = latents[:, 0]
-    clear = jnp.ones_like(gates[:, 0])
-    for layer in range(1, num_layers - 1):
-        z, gate = latents[:, layer], gates[:, layer]
-        alpha = compositor.latent_alpha(z, scale)
-        opacity = gate if alpha is None else gate * alpha
-        if signal_scale is None:
-            composite = compositor.latent_over(composite, z, gate)
-        else:
-            composite = composite + opacity.astype(z.dtype) * (z - composite)
-        clear = clear * (1.0 - opacity)
-    return composite, 1.0 - clear
+    for layer in range(1, latents.shape[1] - 1):
+        composite = compositor.latent_over(composite, latents[:, layer], gates[:, layer])
+    return composite, coverage
+
+
+def share_noise(settings: IRHSettings, compositor: Compositor, latents: jax.Array,
+                noise: jax.Array, ctx: LayerContext, step: jax.Array, num_steps: int,
+                signal_scale: float | jax.Array) -> jax.Array:
+    """The fresh noise of a stochastic step `step` (traced), shared from IRH's start on.
+
+    Once the global latent has become the layers' composite, fresh noise drawn for it
+    alone would make it drift from its layers where it shows them. So its noise becomes
+    the composite of theirs, `sum_l w_l n_l + sqrt(1 - sum_l w_l^2) n_g`
+    (`paint_weights` of the sample `latents` before the step): still a standard normal
+    at every cell, and the background layer's own noise where no foreground covers it.
+
+    Args:
+      latents: `[B, L, h, w, c]` the sample the step starts from (its clean latent
+        scaled by `signal_scale`); noise: `[B, L, h, w, c]` standard normal.
+    Returns:
+      `noise` with its global slot replaced when IRH is on and `step >= start`.
+    """
+    weights = paint_weights(compositor, latents, ctx, signal_scale)
+    n = noise.astype(jnp.float32)
+    own = jnp.sqrt(jnp.maximum(1.0 - jnp.sum(weights * weights, axis=1), 0.0))
+    shared = jnp.sum(weights * n, axis=1) + own * n[:, -1]
+    on = jnp.asarray(settings.enabled) & (step >= settings.start_index(num_steps))
+    return noise.at[:, -1].set(jnp.where(on, shared, n[:, -1]).astype(noise.dtype))
 
 
 def harmonize(
@@ -202,9 +252,7 @@ def layer_alphas(decoder: AlphaDecoder, params: Any, latents: jax.Array,
 def gate_alphas(alphas: jax.Array, ctx: LayerContext) -> jax.Array:
     """`alphas[B, L, h, w, 1]` cleared outside each layer's box (soft, with the margin)
     and on every slot that is not a valid foreground."""
-    h, w = alphas.shape[2:4]
-    inside = box_masks_soft(ctx.boxes, h, w, ctx.box_margin)[..., None]
-    return alphas * inside * foreground_mask(ctx)[:, :, None, None, None]
+    return alphas * foreground_gates(ctx, *alphas.shape[2:4])
 
 
 def _step(sched: Scheduler, plan: SamplingPlan, model_fn: ModelFn, key: jax.Array | None,

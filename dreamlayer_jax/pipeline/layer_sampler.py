@@ -4,7 +4,8 @@ All steps run inside one `lax.scan` (`schedulers.loop.sample_loop`) with classif
 guidance batched in (each layer's unconditional branch uses the empty prompt). IRH
 (`pipeline.irh`) takes the model's variant (static, read off the merged UNet's config):
 
-- "box": IRH's box form applied after each step;
+- "box": IRH's box form applied after each step, and from its start the global layer's
+  fresh noise shared from its layers' (`irh.share_noise`);
 - "paper": two passes in the same jitted function, `irh.denoise_keeping` (the whole
   schedule, trajectory kept) then `irh.reharmonize` (the global layer re-denoised from
   `T_H`, eq. 12 in the window `T_H -> T_H'`) with the foregrounds' alphas decoded from
@@ -42,6 +43,7 @@ from dreamlayer_jax.pipeline.irh import (
     harmonize,
     layer_alphas,
     reharmonize,
+    share_noise,
 )
 from dreamlayer_jax.pipeline.progress import ProgressHook
 from dreamlayer_jax.schedulers.base import SamplingPlan, Scheduler
@@ -162,8 +164,12 @@ def sample_layers(
             progress.step(i)
         return x
 
+    def noise_fn(noise: jax.Array, x: jax.Array, i: jax.Array) -> jax.Array:
+        return share_noise(irh, compositor, x, noise, ctx, i, num_steps, plan.signal_scale[i])
+
     if not paper:
-        return sample_loop(sched, plan, model_fn, x, key=key, start=start, post_step=post_step)
+        return sample_loop(sched, plan, model_fn, x, key=key, start=start, post_step=post_step,
+                           noise_fn=noise_fn)
 
     states = None
     if kept is None:

@@ -13,10 +13,16 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from dreamlayer_jax.schedulers.base import SamplerState, SamplingPlan, Scheduler
+from dreamlayer_jax.schedulers.base import (
+    SamplerState,
+    SamplingPlan,
+    Scheduler,
+    compute_dtype,
+)
 from dreamlayer_jax.schedulers.ddim import DDIMScheduler, ddim_invert_step
 
 ModelFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+NoiseFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
 def sample_loop(
@@ -30,13 +36,16 @@ def sample_loop(
     state: SamplerState | None = None,
     return_trajectory: bool = False,
     post_step: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+    noise_fn: NoiseFn | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Run steps `start .. S-1` from the sample `x` (already scaled by `init_noise_sigma`).
 
     `post_step(x, i)`, if given, rewrites the sample after step `i` (DreamLayer's IRH,
     pinned layers); it sees the scheduler's output and its result feeds step `i + 1`.
 
-    Stochastic schedulers use the noise of `jax.random.fold_in(key, i)` at step i. With
+    Stochastic schedulers use the noise of `jax.random.fold_in(key, i)` at step i;
+    `noise_fn(noise, x, i)`, if given, rewrites that standard-normal draw (x: the sample
+    the step starts from), e.g. to correlate layers (DreamLayer's IRH). With
     `return_trajectory`, also returns the sample after each step, `[S - start, *x.shape]`.
     """
     state = sched.init_state(x.shape) if state is None else state
@@ -45,7 +54,11 @@ def sample_loop(
         x, state = carry
         out = model_fn(sched.scale_model_input(plan, i, x), plan.timesteps[i], i)
         step_key = None if key is None else jax.random.fold_in(key, i)
-        x, state = sched.step(plan, state, i, out, x, key=step_key)
+        noise = None
+        if noise_fn is not None and plan.stochastic and step_key is not None:
+            drawn = jax.random.normal(step_key, x.shape, compute_dtype(x))
+            noise = noise_fn(drawn, x, i)
+        x, state = sched.step(plan, state, i, out, x, key=step_key, noise=noise)
         if post_step is not None:
             x = post_step(x, i)
         return (x, state), (x if return_trajectory else None)
