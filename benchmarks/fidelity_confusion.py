@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     add_sampling_args(parser, scenes=64)
     parser.add_argument("--guidance-min-timestep", type=float, default=None,
                         help="guide only at t >= this (default: the model's own)")
+    parser.add_argument("--scheduler", default=None, help="default: the model's")
     args = parser.parse_args(argv)
 
     from dreamlayer_jax.eval.classifier import train_classifier
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     pairs = held_out_scenes(args.scenes, args.seed, resolution,
                             max_foregrounds=min(3, pipe.max_foregrounds))
     def sample(*a, **k):
-        return pipe(*a, guidance_min_timestep=args.guidance_min_timestep, **k)
+        return pipe(*a, guidance_min_timestep=args.guidance_min_timestep,
+                    scheduler=args.scheduler, **k)
 
     results = generate(sample, [request for request, _ in pairs], steps=args.steps,
                        guidance=args.guidance, seed=args.seed)
@@ -98,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         stats = alpha_stats(layers, boxes)
         print(", ".join(f"{k} {v:.3f}" for k, v in stats.items()))
     bodies = [(a, r) for a, r in zip(asked, reads["generated"], strict=True) if r is not None]
-    print(f"\nsummary: steps {args.steps}, guidance {args.guidance:g} at t >= "
+    print(f"\nsummary: {args.scheduler or 'its own scheduler'}, steps {args.steps}, "
+          f"guidance {args.guidance:g} at t >= "
           f"{args.guidance_min_timestep if args.guidance_min_timestep is not None else 'default'}: "
           f"no body {1 - len(bodies) / len(asked):.2f}; of the bodies colour "
           f"{np.mean([a['colour'] == r[0] for a, r in bodies]):.2f}, shape "
