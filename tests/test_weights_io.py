@@ -76,3 +76,17 @@ def test_a_missing_folder_is_a_weights_error(tmp_path):
         resolve_model_folder(tmp_path / "nope")
     with pytest.raises(WeightsError, match="no 'unet' sub-folder"):
         resolve_model_folder(tmp_path, "unet")
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_saved_weights_follow_the_umask_not_safetensors_0600(tmp_path, mask):
+    import os
+    import stat
+
+    saved = os.umask(mask)
+    try:
+        path = save_state_dict({"w": np.zeros(3, np.float32)}, tmp_path / "m")
+    finally:
+        os.umask(saved)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+    np.testing.assert_array_equal(load_state_dict(tmp_path / "m")["w"], np.zeros(3))

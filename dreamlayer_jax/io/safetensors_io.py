@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from dreamlayer_jax.errors import WeightsError
+from dreamlayer_jax.io.atomic import follow_umask
 
 _WEIGHT_NAMES = (
     "diffusion_pytorch_model.safetensors",
@@ -97,11 +98,13 @@ def load_state_dict(folder: str | os.PathLike) -> dict[str, np.ndarray]:
 def save_state_dict(
     state: dict[str, np.ndarray], folder: str | os.PathLike, name: str = _WEIGHT_NAMES[0]
 ) -> Path:
-    """Write `state` as one safetensors file in `folder` (created if needed)."""
+    """Write `state` as one safetensors file in `folder` (created if needed), with the
+    mode a plain `open()` gives (safetensors itself creates its files 0600)."""
     from safetensors.numpy import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
     save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(path))
+    follow_umask(path)
     return path
