@@ -205,7 +205,7 @@ class RowStore:
             stored = data.get("fingerprints", {})
             for model, rows in data.get("models", {}).items():
                 current, then = self.fingerprints.get(model), stored.get(model)
-                redo = model in getattr(args, "remeasure", ())
+                redo = model in args.remeasure
                 if redo or (current is not None and current != then):  # or no fingerprint
                     self.stale.append(model)
                 elif then is not None:  # unchanged, or not measured in this run: kept

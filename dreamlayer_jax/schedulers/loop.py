@@ -17,7 +17,7 @@ from dreamlayer_jax.schedulers.base import (
     SamplerState,
     SamplingPlan,
     Scheduler,
-    compute_dtype,
+    step_noise,
 )
 from dreamlayer_jax.schedulers.ddim import DDIMScheduler, ddim_invert_step
 
@@ -55,9 +55,9 @@ def sample_loop(
         out = model_fn(sched.scale_model_input(plan, i, x), plan.timesteps[i], i)
         step_key = None if key is None else jax.random.fold_in(key, i)
         noise = None
-        if noise_fn is not None and plan.stochastic and step_key is not None:
-            drawn = jax.random.normal(step_key, x.shape, compute_dtype(x))
-            noise = noise_fn(drawn, x, i)
+        if noise_fn is not None and step_key is not None:
+            drawn = step_noise(plan, x, step_key, None)  # None: a deterministic step
+            noise = None if drawn is None else noise_fn(drawn, x, i)
         x, state = sched.step(plan, state, i, out, x, key=step_key, noise=noise)
         if post_step is not None:
             x = post_step(x, i)
