@@ -128,8 +128,8 @@ def save_samples(pipe: Any, pairs: list[tuple[Any, Any]], img_dir: Path, rel: st
 
 DEFINITIONS = {
     "layout": "share of each foreground's alpha mass inside its box (the pipeline "
-              "clears alpha outside the box plus the model's box_margin, so only mass "
-              "in that margin can lower it)",
+              "clears alpha outside the box plus the model's clear_margin, so only mass "
+              "in that margin can lower it: 1 by construction at clear_margin 0)",
     "box_iou": "IoU of each foreground's visible extent (alpha > 0.05) with its box",
     "colour": "share of foregrounds whose colour the ground-truth classifier reads as asked",
     "shape": "share of foregrounds whose shape the ground-truth classifier reads as asked",

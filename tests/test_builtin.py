@@ -26,8 +26,8 @@ def test_the_builtin_model_samples_a_layered_scene_deterministically():
     alpha = a.layers[0][..., 3]
     assert alpha.min() >= 0 and alpha.max() <= 255
     rows, cols = np.nonzero(alpha)
-    if rows.size:  # opacity only inside the box plus the margin
-        margin = pipe.config.box_margin
+    if rows.size:  # opacity only inside the box plus the model's clear margin
+        margin = pipe.config.clear_margin
         assert cols.min() >= int((0.2 - margin) * res) - 1 and cols.max() <= (0.7 + margin) * res
 
 

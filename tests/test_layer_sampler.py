@@ -1,5 +1,8 @@
 """The DreamLayer sampler end to end on a tiny random model: determinism, IRH, outputs."""
 
+import json
+import shutil
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -75,3 +78,33 @@ def test_no_recompilation_on_a_second_call(tiny_pipe):
     before = sample_layers._cache_size()
     tiny_pipe(SCENE, num_inference_steps=3, seed=9, guidance_scale=3.0, irh_retain=0.9)
     assert sample_layers._cache_size() == before
+
+
+def test_a_foreground_is_cleared_outside_its_box_unless_a_clear_margin_lets_it_spill(
+        tiny_pipe, tiny_model_dir, tmp_path):
+    from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
+
+    scene = Scene("", "a striped blue wall", [Layer("a red star", (0.25, 0.25, 0.625, 0.625))])
+    ctx, _ = tiny_pipe.layer_context([scene])
+    opaque = tiny_pipe.codec.encode(jnp.ones((ctx.num_layers, 8, 8, 4)))[None]
+
+    def alpha(pipe):
+        return pipe.to_results([scene], opaque, ctx, info={})[0].layers[0][..., 3]
+
+    inside = np.zeros((8, 8), np.uint8)
+    inside[2:5, 2:5] = 255  # pixels 2-4 of 8: the box exactly
+    np.testing.assert_array_equal(alpha(tiny_pipe), inside)
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    config = folder / "dreamlayer" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "clear_margin": 0.125}))
+    spilled = alpha(DreamLayerPipeline.from_pretrained(folder))
+    assert (spilled[1:6, 1:6] == 255).all() and spilled[0].max() == spilled[:, 6:].max() == 0
+
+
+@pytest.mark.parametrize("field", ["box_margin", "clear_margin"])
+def test_a_margin_outside_zero_to_one_is_a_config_error(field):
+    from dreamlayer_jax.errors import ConfigError
+    from dreamlayer_jax.models.layer_unet import DreamLayerConfig
+
+    with pytest.raises(ConfigError, match=f"{field}=-0.1"):
+        DreamLayerConfig.from_dict({field: -0.1})

@@ -33,7 +33,8 @@ Every row of an ablation uses the same scenes and the same seeds (paired compari
 its first row scores the ground truth itself, the reference for each measure.
 
 Note that the pipeline clears a foreground's alpha outside its box dilated by the
-model's `box_margin`, so `layout` can only fall below 1 by mass inside that margin.
+model's `clear_margin`, so `layout` can only fall below 1 by mass inside that margin
+(none at the default 0, where `box_iou` then measures how well the layer fills its box).
 """
 
 from __future__ import annotations

@@ -49,7 +49,10 @@ class DreamLayerConfig(ModelConfig):
     codec: str = "latent"  # "latent" (AutoencoderKL + transparency decoder) or "pixel"
     pixel_unshuffle: int = 1
     resolution: int = 512
-    box_margin: float = 0.05
+    box_margin: float = 0.05  # dilates the attention and IRH masks (latent cells are coarse)
+    # the decoded foreground's alpha is cleared outside its box dilated by this: 0 keeps
+    # every layer inside its box, as asked; > 0 lets it spill (a shadow outside the box)
+    clear_margin: float = 0.0
     irh_start: float = 0.3
     irh_retain: float = 0.5
     # classifier-free guidance only at timesteps t >= this; below, the conditional
@@ -84,6 +87,9 @@ class DreamLayerConfig(ModelConfig):
         if not 0.0 <= self.guidance_min_timestep < float("inf"):
             raise ConfigError(f"dreamlayer: guidance_min_timestep={self.guidance_min_timestep} "
                               "must be a timestep >= 0")
+        if not (0.0 <= self.box_margin < 1.0 and 0.0 <= self.clear_margin < 1.0):
+            raise ConfigError(f"dreamlayer: box_margin={self.box_margin} and clear_margin="
+                              f"{self.clear_margin} must be fractions of the picture in [0, 1)")
         if self.max_layers < 3:
             raise ConfigError(f"dreamlayer: max_layers={self.max_layers} must be >= 3")
         if self.codec not in ("latent", "pixel"):

@@ -343,9 +343,9 @@ class DreamLayerPipeline:
         rgba = np.array(self._decode(jnp.asarray(latents.reshape(b * num_layers,
                                                                    *latents.shape[2:]))))
         rgba = rgba.reshape(b, num_layers, *rgba.shape[1:])
-        # A foreground lives in its box: no opacity outside it (plus the margin).
+        # A foreground lives in its box: no opacity outside it (plus `clear_margin`).
         height, width = rgba.shape[2:4]
-        inside = np.asarray(box_masks_soft(ctx.boxes, height, width, ctx.box_margin))
+        inside = np.asarray(box_masks_soft(ctx.boxes, height, width, self.config.clear_margin))
         is_fg = np.asarray(ctx.roles == ROLE_FOREGROUND)
         rgba[..., 3] *= np.where(is_fg[..., None, None], inside, 1.0)
         rgba = to_uint8(rgba)
