@@ -142,3 +142,17 @@ def test_shared_noise_keeps_a_unit_variance_at_every_cell():
         jnp.int32(3), 4, 0.8)[0, -1])(keys)  # [4096, h, w, c]
     np.testing.assert_allclose(np.asarray(draw.var(0)), 1.0, atol=0.12)
     np.testing.assert_allclose(np.asarray(draw.mean(0)), 0.0, atol=0.12)
+
+
+def test_irh_gates_the_layers_where_the_output_may_be_opaque_not_by_the_attention_margin():
+    """The global layer composites the layers as the pipeline outputs them: cleared
+    outside the box dilated by `clear_margin`, whatever `box_margin` the attention uses."""
+    exact = _context().replace(box_margin=0.25)
+    gates = np.asarray(foreground_gates(exact, 8, 8))[0, :, :, :, 0]
+    inside = np.zeros((8, 8))
+    inside[:4, :4] = 1.0  # the top-left quarter, in latent cells
+    np.testing.assert_array_equal(gates[1], inside)
+    assert gates[0].max() == gates[2].max() == 0.0  # background and global: no gate
+    spill = np.asarray(foreground_gates(exact.replace(clear_margin=0.25), 8, 8))[0, 1, :, :, 0]
+    np.testing.assert_array_equal(spill[:6, :6], 1.0)
+    assert spill[6:].max() == spill[:, 6:].max() == 0.0

@@ -85,10 +85,10 @@ def test_a_foreground_is_cleared_outside_its_box_unless_a_clear_margin_lets_it_s
     from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
 
     scene = Scene("", "a striped blue wall", [Layer("a red star", (0.25, 0.25, 0.625, 0.625))])
-    ctx, _ = tiny_pipe.layer_context([scene])
-    opaque = tiny_pipe.codec.encode(jnp.ones((ctx.num_layers, 8, 8, 4)))[None]
+    opaque = tiny_pipe.codec.encode(jnp.ones((3, 8, 8, 4)))[None]  # every slot, every pixel
 
     def alpha(pipe):
+        ctx, _ = pipe.layer_context([scene])
         return pipe.to_results([scene], opaque, ctx, info={})[0].layers[0][..., 3]
 
     inside = np.zeros((8, 8), np.uint8)

@@ -46,6 +46,9 @@ class LayerContext:
       added: SDXL's added conditioning of each layer, `text_embeds [B, L, P]` (pooled
         prompt) and `time_ids [B, L, 6]`; None for SD 1.x / 2.x.
       caca, lssa, lssa_scope, box_margin: static switches (DESIGN.md section 2).
+      clear_margin: static; the layers' opacity ends at each foreground's box dilated
+        by it: the pipeline clears the decoded alpha outside, and IRH composites the
+        layers gated the same way (`pipeline.irh.foreground_gates`).
       attention_backend: the concrete kernel of every attention call ("xla", "cudnn" or
         "splash"; `attention.backends.resolve_backend` turns "auto" into one).
 
@@ -77,6 +80,7 @@ class LayerContext:
     lssa: bool = struct.field(pytree_node=False, default=True)
     lssa_scope: Literal["global", "all"] = struct.field(pytree_node=False, default="global")
     box_margin: float = struct.field(pytree_node=False, default=0.05)
+    clear_margin: float = struct.field(pytree_node=False, default=0.0)
     attention_backend: str = struct.field(pytree_node=False, default="xla")
     variant: Literal["box", "paper"] = struct.field(pytree_node=False, default="box")
     context_sizes: tuple[tuple[int, int], ...] = struct.field(pytree_node=False, default=())

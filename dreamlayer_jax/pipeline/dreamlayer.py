@@ -180,6 +180,7 @@ class DreamLayerPipeline:
         ctx = LayerContext(layer_valid=layer_valid, roles=make_roles(layer_valid),
                            boxes=jnp.asarray(boxes), text=text, added=added, caca=caca,
                            lssa=lssa, lssa_scope=lssa_scope, box_margin=self.config.box_margin,
+                           clear_margin=self.config.clear_margin,
                            attention_backend=resolve_backend(self.config.attention_backend),
                            variant=self.config.variant, **paper_fields)
         uncond = ctx.replace(text=empty[0], added=empty[1])
@@ -345,7 +346,7 @@ class DreamLayerPipeline:
         rgba = rgba.reshape(b, num_layers, *rgba.shape[1:])
         # A foreground lives in its box: no opacity outside it (plus `clear_margin`).
         height, width = rgba.shape[2:4]
-        inside = np.asarray(box_masks_soft(ctx.boxes, height, width, self.config.clear_margin))
+        inside = np.asarray(box_masks_soft(ctx.boxes, height, width, ctx.clear_margin))
         is_fg = np.asarray(ctx.roles == ROLE_FOREGROUND)
         rgba[..., 3] *= np.where(is_fg[..., None, None], inside, 1.0)
         rgba = to_uint8(rgba)

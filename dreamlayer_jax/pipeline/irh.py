@@ -75,9 +75,11 @@ class IRHSettings:
 
 
 def foreground_gates(ctx: LayerContext, h: int, w: int) -> jax.Array:
-    """`float32[B, L, h, w, 1]`: each valid foreground's box (soft, with the margin), 0
-    on the other slots."""
-    gates = box_masks_soft(ctx.boxes, h, w, ctx.box_margin) * foreground_mask(ctx)[..., None, None]
+    """`float32[B, L, h, w, 1]`: each valid foreground's box (soft, dilated by
+    `ctx.clear_margin`: where the pipeline's output layer may be opaque), 0 on the
+    other slots."""
+    boxes = box_masks_soft(ctx.boxes, h, w, ctx.clear_margin)
+    gates = boxes * foreground_mask(ctx)[..., None, None]
     return gates[..., None].astype(jnp.float32)
 
 
