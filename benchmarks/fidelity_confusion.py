@@ -3,9 +3,10 @@
 For held-out scenes (all mechanisms on), each generated foreground's colour and shape as
 the layer classifier reads them against what was asked (confusion counts), and the
 alpha statistics of generated vs true foregrounds: peak alpha, mean alpha inside the
-box, and the share of alpha mass outside the box. It answers, with numbers, whether a
+box, the share of alpha mass outside the box, and how far the visible extent (alpha >
+0.05) reaches past the box and falls short of it. It answers, with numbers, whether a
 low colour / shape accuracy comes from wrong objects, blobs read as one class, or
-layers too faint to read.
+layers too faint to read, and where box IoU is lost.
 
     python benchmarks/fidelity_confusion.py [--model builtin:box] [--scenes 64] [--steps 10]
 """
@@ -24,22 +25,33 @@ import numpy as np  # noqa: E402
 from common import add_sampling_args, load_pipeline  # noqa: E402
 
 from dreamlayer_jax.data.synthetic_vocab import COLOURS, SHAPES  # noqa: E402
-from dreamlayer_jax.eval.measures import box_coverage, layout_alignment  # noqa: E402
+from dreamlayer_jax.eval.measures import (  # noqa: E402
+    box_coverage,
+    extent_gaps,
+    layout_alignment,
+)
 
 
 def alpha_stats(layers: list[np.ndarray], boxes: list[tuple]) -> dict[str, float]:
     """Median peak alpha, mean alpha inside the box, share of alpha mass outside it
-    (`eval.measures`: pixels weighted by the share of their area inside the box)."""
-    peaks, inside, outside = [], [], []
+    (`eval.measures`: pixels weighted by the share of their area inside the box), and the
+    mean pixels by which the visible extent reaches past the box and falls short of it
+    (summed over the four sides, of the layers with any)."""
+    peaks, inside, outside, gaps = [], [], [], []
     for layer, box in zip(layers, boxes, strict=True):
         alpha = layer[..., 3].astype(np.float64) / 255.0
         coverage = box_coverage(box, *alpha.shape)
         peaks.append(alpha.max())
         inside.append((alpha * coverage).sum() / coverage.sum())
         outside.append(1.0 - layout_alignment(alpha, box) if alpha.sum() > 0 else 0.0)
+        gap = extent_gaps(alpha, box)
+        if gap is not None:
+            gaps.append(gap)
+    over, short = np.mean(gaps, axis=0) if gaps else (np.nan, np.nan)
     return {"peak alpha (median)": float(np.median(peaks)),
             "mean alpha in box": float(np.mean(inside)),
-            "alpha mass outside box": float(np.mean(outside))}
+            "alpha mass outside box": float(np.mean(outside)),
+            "extent past box (px)": float(over), "extent short of box (px)": float(short)}
 
 
 def confusion(asked: list[str], read: list[str | None], names: tuple[str, ...]) -> str:

@@ -25,6 +25,7 @@ from dreamlayer_jax.eval.measures import (
     alpha_iou,
     box_iou,
     coherence_psnr,
+    extent_gaps,
     fid,
     frechet_distance,
     laplacian_energy,
@@ -68,6 +69,17 @@ def test_box_iou_of_the_opaque_extent():
     faint = np.full((8, 8), 0.04, np.float32)  # below the visibility threshold 0.05
     assert box_iou(faint, (0.0, 0.0, 1.0, 1.0)) == 0.0
     assert box_iou(faint + alpha, (0.0, 0.25, 0.5, 0.75)) == pytest.approx(1.0)
+
+
+def test_extent_gaps_split_the_box_iou_loss_into_overshoot_and_shortfall():
+    alpha = np.zeros((8, 8))
+    alpha[2:6, 1:4] = 1.0  # columns 1-3, rows 2-5
+    assert extent_gaps(alpha, (0.0, 0.25, 0.5, 0.75)) == (0.0, 1.0)  # 1 px short on the left
+    assert extent_gaps(alpha, (0.25, 0.375, 0.5, 0.625)) == (3.0, 0.0)  # left, up, down past
+    assert extent_gaps(alpha, (0.0, 0.375, 0.375, 0.75)) == (2.0, 1.0)  # up, right; left
+    alpha[7, 7] = 0.04  # below the visibility threshold: not part of the extent
+    assert extent_gaps(alpha, (0.125, 0.25, 0.5, 0.75)) == (0.0, 0.0)
+    assert extent_gaps(np.zeros((8, 8)), (0.0, 0.0, 1.0, 1.0)) is None
 
 
 def test_psnr_known_values_and_cap():

@@ -89,6 +89,8 @@ def test_fidelity_confusion_counts_what_is_read_and_how_faint_the_layers_are():
     stats = module.alpha_stats([layer], [(0.0, 0.0, 0.5, 0.5)])
     assert stats["peak alpha (median)"] == 1.0 and stats["mean alpha in box"] == 1.0
     assert stats["alpha mass outside box"] == pytest.approx(1 / 17)
+    # extent rows 0-6 and columns 0-6 against the box's 0-3: 3 px past on two sides
+    assert stats["extent past box (px)"] == 6.0 and stats["extent short of box (px)"] == 0.0
 
 
 def test_pipeline_fingerprint_follows_the_weights_and_the_settings():

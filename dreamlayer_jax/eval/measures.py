@@ -4,7 +4,8 @@ Pure, vectorised numpy. Images are `[H, W, C]`, uint8 in `[0, 255]` or float in 
 (uint8 is converted); boxes are `(x0, y0, x1, y1)` fractions of the image side.
 
 - `layout_alignment`: the share of a foreground's alpha mass inside its box.
-- `box_iou`: IoU of the visible part's bounding box (alpha > 0.05) with the asked box.
+- `box_iou`: IoU of the visible part's bounding box (alpha > 0.05) with the asked box;
+  `extent_gaps`: how far that bounding box reaches past the asked box, and falls short.
 - `coherence_psnr`: PSNR of the global layer against the alpha-composite of the
   generated background and foregrounds (inter-layer coherence).
 - `psnr`, `alpha_iou`: decomposition against ground truth (background, alpha masks).
@@ -101,6 +102,21 @@ def box_iou(alpha: np.ndarray, box: Box, threshold: float = BOX_ALPHA_THRESHOLD)
     inter = iw * ih
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return float(inter / union) if union > 0 else 0.0
+
+
+def extent_gaps(alpha: np.ndarray, box: Box,
+                threshold: float = BOX_ALPHA_THRESHOLD) -> tuple[float, float] | None:
+    """Pixels by which the bounding box of `alpha > threshold` reaches past the asked
+    `box` and falls short of it, each summed over the four sides (None if empty): where
+    `box_iou` loses its area."""
+    found = _mask_box(_alpha(alpha) > threshold)
+    if found is None:
+        return None
+    h, w = np.asarray(alpha).shape[:2]
+    scale = np.array([w, h, w, h], np.float64)
+    a, b = np.asarray(found, np.float64) * scale, np.asarray(box, np.float64) * scale
+    outward = np.array([b[0] - a[0], b[1] - a[1], a[2] - b[2], a[3] - b[3]])
+    return float(np.maximum(outward, 0.0).sum()), float(np.maximum(-outward, 0.0).sum())
 
 
 def psnr(image: np.ndarray, reference: np.ndarray) -> float:
