@@ -19,7 +19,6 @@ from jax.sharding import Mesh
 
 from dreamlayer_jax.attention.backends import resolve_backend
 from dreamlayer_jax.attention.context import LayerContext, make_roles
-from dreamlayer_jax.attention.masks import ROLE_FOREGROUND, box_masks_soft
 from dreamlayer_jax.codecs.alpha import split_alpha_decoder
 from dreamlayer_jax.data.compositing import to_uint8
 from dreamlayer_jax.errors import InputError, NumericalError
@@ -31,6 +30,8 @@ from dreamlayer_jax.pipeline.builtin import builtin_name, builtin_variant, bundl
 from dreamlayer_jax.pipeline.components import load_codec, load_dreamlayer_unet
 from dreamlayer_jax.pipeline.irh import (
     IRHSettings,
+    foreground_gates,
+    foreground_mask,
     resolve_settings,
     restart_index,
     settings_record,
@@ -344,11 +345,11 @@ class DreamLayerPipeline:
         rgba = np.array(self._decode(jnp.asarray(latents.reshape(b * num_layers,
                                                                    *latents.shape[2:]))))
         rgba = rgba.reshape(b, num_layers, *rgba.shape[1:])
-        # A foreground lives in its box: no opacity outside it (plus `clear_margin`).
-        height, width = rgba.shape[2:4]
-        inside = np.asarray(box_masks_soft(ctx.boxes, height, width, ctx.clear_margin))
-        is_fg = np.asarray(ctx.roles == ROLE_FOREGROUND)
-        rgba[..., 3] *= np.where(is_fg[..., None, None], inside, 1.0)
+        # A foreground lives in its box: no opacity outside it (plus `clear_margin`), the
+        # same gates IRH composites the layers with.
+        gates = np.asarray(foreground_gates(ctx, *rgba.shape[2:4]))[..., 0]
+        is_fg = np.asarray(foreground_mask(ctx))
+        rgba[..., 3] *= np.where(is_fg[..., None, None], gates, 1.0)
         rgba = to_uint8(rgba)
         results = []
         for i, scene in enumerate(scenes):
