@@ -21,12 +21,12 @@ samples in the denoiser's training, not in the layering or the schedule, and at 
 short budget no recipe beyond the training seed's spread but more steps, so v2 spends
 the compute on more steps of the same recipe rather than on a fresh start: learning
 rate 2.5e-4 after a 50-step warm-up (5e-4 lost ground in its first 250 steps),
-constant (the run was extended with `--resume --set num_steps=N` over seven sessions)
+constant (the run was extended with `--resume --set num_steps=N` over eight sessions)
 until its last 400 steps, which decay it along a cosine to 2.5e-5 (`cooldown_steps`,
 `end_lr_ratio`), EMA 0.998, 16,384 in-memory scenes, slot buckets (a fifth fewer FLOPs
-per step). The shipped `builtin:box` is this run's step-18800 export: constant to step
-18400, cooled from there (its first 200 steps without buckets; about 1.1-1.3 s a step on
-the idle 2-core CPU, about 6 hours). Session 10 also tried ending at step 11300 on an
+per step). The shipped `builtin:box` is this run's step-21200 export: constant to step
+20800, cooled from there (its first 200 steps without buckets; about 1.1-1.4 s a step on
+the idle 2-core CPU, about 7 hours). Session 10 also tried ending at step 11300 on an
 800-step cooldown from step 10500: no difference the study could resolve
 (docs/BUILTIN.md); the constant run went on from step 10500.
 """
@@ -51,7 +51,7 @@ ARCHITECTURE["text_encoder"]["max_position_embeddings"] = MAX_TOKENS
 
 def get_config() -> dict[str, Any]:
     return {**_V1.get_config(), "model": _V1.repo_path("runs/builtin_v2/init"),
-            "num_steps": 18800, "learning_rate": 2.5e-4, "warmup_steps": 50,
+            "num_steps": 21200, "learning_rate": 2.5e-4, "warmup_steps": 50,
             "end_lr_ratio": 0.1, "cooldown_steps": 400,
             "ema_decay": 0.998, "synthetic_scenes": 16384, "checkpoint_every": 100,
             "keep_checkpoints": 2, "slot_buckets": True}
