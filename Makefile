@@ -30,13 +30,14 @@ clean:
 	rm -rf $(VENV) .jax_cache .pytest_cache
 
 # The built-in models. `make builtin` trains v1 from a random init (configs/builtin.py);
-# `make builtin-v2` continues v1's export as the box variant (configs/builtin_v2.py) and
-# `make builtin-paper` starts the paper variant from v2's (configs/builtin_paper.py).
+# `make builtin-v2` continues v1's export as the box variant (configs/builtin_v2.py),
+# `make builtin-v2-on` trains v2's export on (configs/builtin_v2_on.py: the shipped box
+# model) and `make builtin-paper` starts the paper variant from v2's (configs/builtin_paper.py).
 # None of them deletes: each makes its init folder once and resumes its run (stop it any
 # time, run it again).
 # `make install-builtin` then copies the exports over the models shipped in
 # dreamlayer_jax/builtin/<box|paper>/ (an explicit, separate step).
-.PHONY: builtin builtin-v2 builtin-paper install-builtin
+.PHONY: builtin builtin-v2 builtin-v2-on builtin-paper install-builtin
 builtin: $(STAMP)
 	test -f runs/builtin/init/model_index.json || \
 		$(BIN)/python -m dreamlayer_jax.cli.init_model configs/builtin.py runs/builtin/init
@@ -57,8 +58,18 @@ builtin-v2: $(STAMP) builtin-base
 			--base $(V1)
 	$(BIN)/python train.py --config configs/builtin_v2.py --workdir runs/builtin_v2 --resume
 
-# the paper variant starts from the box model v2's export (configs/builtin_paper.py)
+# v2's export (step 21200): the start of builtin-v2-on and of the paper variant
 V2 ?= runs/builtin_v2/export
+
+# the shipped box model: v2's export trained on with a fresh optimizer
+# (configs/builtin_v2_on.py; V2=FOLDER names another start)
+builtin-v2-on: $(STAMP)
+	@test -f $(V2)/model_index.json || \
+		{ echo "error: no $(V2) (v2): run make builtin-v2 first, or set V2=FOLDER" >&2; exit 2; }
+	$(BIN)/python train.py --config configs/builtin_v2_on.py --workdir runs/builtin_v2_on \
+		--resume --set model=$(V2)
+
+# the paper variant starts from the box model v2's export (configs/builtin_paper.py)
 
 builtin-paper: $(STAMP)
 	@test -f $(V2)/model_index.json || \
@@ -68,11 +79,12 @@ builtin-paper: $(STAMP)
 			runs/builtin_paper/init --base $(V2)
 	$(BIN)/python train.py --config configs/builtin_paper.py --workdir runs/builtin_paper --resume
 
-# box: v2's export if there is one, else v1's; paper: its export if there is one
+# box: the newest of the v2-on, v2 and v1 exports; paper: its export if there is one
 install-builtin:
-	@box=runs/builtin_v2/export; test -f $$box/model_index.json || box=runs/builtin/export; \
+	@box=runs/builtin_v2_on/export; test -f $$box/model_index.json || box=runs/builtin_v2/export; \
+	test -f $$box/model_index.json || box=runs/builtin/export; \
 	test -f $$box/model_index.json || \
-		{ echo "error: no runs/builtin_v2/export or runs/builtin/export: run make builtin first" >&2; exit 2; }; \
+		{ echo "error: no runs/builtin_v2_on, builtin_v2 or builtin export: run make builtin first" >&2; exit 2; }; \
 	rm -rf dreamlayer_jax/builtin/box && cp -r $$box dreamlayer_jax/builtin/box && \
 	echo "installed $$box as builtin:box"; \
 	if test -f runs/builtin_paper/export/model_index.json; then \

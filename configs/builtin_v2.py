@@ -24,9 +24,10 @@ rate 2.5e-4 after a 50-step warm-up (5e-4 lost ground in its first 250 steps),
 constant (the run was extended with `--resume --set num_steps=N` over eight sessions)
 until its last 400 steps, which decay it along a cosine to 2.5e-5 (`cooldown_steps`,
 `end_lr_ratio`), EMA 0.998, 16,384 in-memory scenes, slot buckets (a fifth fewer FLOPs
-per step). The shipped `builtin:box` is this run's step-21200 export: constant to step
-20800, cooled from there (its first 200 steps without buckets; about 1.1-1.4 s a step on
-the idle 2-core CPU, about 7 hours). Session 10 also tried ending at step 11300 on an
+per step). This run's step-21200 export (constant to step 20800, cooled from there; its
+first 200 steps without buckets; about 1.1-1.4 s a step on the idle 2-core CPU, about 7
+hours) was `builtin:box` until session 15 and is the start of `configs/builtin_v2_on.py`,
+which trains it on to the shipped one. Session 10 also tried ending at step 11300 on an
 800-step cooldown from step 10500: no difference the study could resolve
 (docs/BUILTIN.md); the constant run went on from step 10500.
 """
