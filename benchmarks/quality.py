@@ -15,7 +15,10 @@ the noise ratios and closed-world FIDs of the global layer, background and foreg
 
 Without `--model` the built-in model is used; a model that does not load is reported
 with status 2 before anything runs. Sample pictures (layers over a checkerboard and the
-composite, ground truth first) go to `img/` beside the output file.
+composite, ground truth first) go to `img/` beside the output file. The measured rows go
+to OUT.rows.json as each finishes; `docs/RESULTS.rows.json` is committed with the report,
+so that `--resume --remeasure MODEL` on any clone measures one model again and keeps the
+others' rows.
 """
 
 from __future__ import annotations

@@ -150,3 +150,28 @@ def test_decomposition_settings_measure_each_setting_on_true_composites(tiny_pip
     assert all(np.isfinite(v).all() for v in (*kept.values(), *regenerated.values()))
     # a random model's background: the picture kept outside the boxes is closer to the truth
     assert kept["background_psnr"][0] > regenerated["background_psnr"][0]
+
+
+def test_published_report_is_the_measurement_of_the_shipped_models():
+    """docs/RESULTS.md shows exactly the rows of docs/RESULTS.rows.json, and those were
+    measured on the weights and settings the package ships (their fingerprints)."""
+    import json
+    from pathlib import Path
+
+    from dreamlayer_jax.eval.evaluate import format_table
+    from dreamlayer_jax.pipeline.dreamlayer import DreamLayerPipeline
+
+    module = _quality_module()
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    store = json.loads((docs / "RESULTS.rows.json").read_text())
+    report = (docs / "RESULTS.md").read_text()
+    assert set(store["models"]) == {"builtin:box", "builtin:paper"}
+    for model, rows in store["models"].items():
+        section = report.split(f"## `{model}`\n", 1)[1].split("\n## `", 1)[0]
+        table = format_table([AblationRow(r["name"], r["scenes"], r["foregrounds"],
+                                          {m: tuple(v) for m, v in r["measures"].items()},
+                                          r["settings"]) for r in rows.values()])
+        for line in table.splitlines()[2:]:
+            assert line in section, f"{model}: {line.split(' |')[0]} not as stored"
+        shipped = module.pipeline_fingerprint(DreamLayerPipeline.from_pretrained(model))
+        assert store["fingerprints"][model] == shipped, f"{model} changed since measured"
