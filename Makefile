@@ -70,7 +70,6 @@ builtin-v2-on: $(STAMP)
 		--resume --set model=$(V2)
 
 # the paper variant starts from the box model v2's export (configs/builtin_paper.py)
-
 builtin-paper: $(STAMP)
 	@test -f $(V2)/model_index.json || \
 		{ echo "error: no $(V2) (v2): run make builtin-v2 first, or set V2=FOLDER" >&2; exit 2; }

@@ -9,8 +9,9 @@ builtin-v2`):
 
     python train.py --config configs/builtin_v2_on.py --workdir runs/builtin_v2_on --resume
 
-Its export, after 21200 + 4400 steps, is the shipped `builtin:box`. About 1 s a step
-on the idle 2-core CPU (73 minutes); docs/BUILTIN.md has the curve and the measures.
+Its export, after 21200 + 4400 steps, is the shipped `builtin:box`. The 4400 steps took
+85 minutes on the 2-core CPU (0.8-0.9 s a step alone, about 1.4 s beside a measuring
+job); docs/BUILTIN.md has the curve and the measures.
 """
 
 from __future__ import annotations
