@@ -61,18 +61,19 @@ builtin-v2: $(STAMP) builtin-base
 # v2's export (step 21200): the start of builtin-v2-on and of the paper variant
 V2 ?= runs/builtin_v2/export
 
-# the shipped box model: v2's export trained on with a fresh optimizer
-# (configs/builtin_v2_on.py; V2=FOLDER names another start)
-builtin-v2-on: $(STAMP)
+.PHONY: builtin-v2-base
+builtin-v2-base:
 	@test -f $(V2)/model_index.json || \
 		{ echo "error: no $(V2) (v2): run make builtin-v2 first, or set V2=FOLDER" >&2; exit 2; }
+
+# the shipped box model: v2's export trained on with a fresh optimizer
+# (configs/builtin_v2_on.py; V2=FOLDER names another start)
+builtin-v2-on: $(STAMP) builtin-v2-base
 	$(BIN)/python train.py --config configs/builtin_v2_on.py --workdir runs/builtin_v2_on \
 		--resume --set model=$(V2)
 
 # the paper variant starts from the box model v2's export (configs/builtin_paper.py)
-builtin-paper: $(STAMP)
-	@test -f $(V2)/model_index.json || \
-		{ echo "error: no $(V2) (v2): run make builtin-v2 first, or set V2=FOLDER" >&2; exit 2; }
+builtin-paper: $(STAMP) builtin-v2-base
 	test -f runs/builtin_paper/init/model_index.json || \
 		$(BIN)/python -m dreamlayer_jax.cli.init_model configs/builtin_paper.py \
 			runs/builtin_paper/init --base $(V2)

@@ -184,6 +184,15 @@ def pipeline_fingerprint(pipe: Any) -> str:
     return digest.hexdigest()[:16]
 
 
+def stored_row(record: dict[str, Any]) -> Any:
+    """The `AblationRow` of one row as `RowStore` writes it to OUT.rows.json."""
+    from dreamlayer_jax.eval.evaluate import AblationRow
+
+    return AblationRow(record["name"], record["scenes"], record["foregrounds"],
+                       {m: tuple(v) for m, v in record["measures"].items()},
+                       record["settings"])
+
+
 class RowStore:
     """Measured rows per model in a JSON file beside the report, rewritten as each row
     finishes, so that `--resume` carries a long run over an interruption.
@@ -216,12 +225,7 @@ class RowStore:
                     self.fingerprints.setdefault(model, then)
 
     def done(self, model: str) -> dict[str, Any]:
-        from dreamlayer_jax.eval.evaluate import AblationRow
-
-        return {name: AblationRow(r["name"], r["scenes"], r["foregrounds"],
-                                  {m: tuple(v) for m, v in r["measures"].items()},
-                                  r["settings"])
-                for name, r in self.models.get(model, {}).items()}
+        return {name: stored_row(r) for name, r in self.models.get(model, {}).items()}
 
     def add(self, model: str, row: Any) -> None:
         self.models.setdefault(model, {})[row.name] = {

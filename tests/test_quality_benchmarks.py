@@ -168,9 +168,7 @@ def test_published_report_is_the_measurement_of_the_shipped_models():
     assert set(store["models"]) == {"builtin:box", "builtin:paper"}
     for model, rows in store["models"].items():
         section = report.split(f"## `{model}`\n", 1)[1].split("\n## `", 1)[0]
-        table = format_table([AblationRow(r["name"], r["scenes"], r["foregrounds"],
-                                          {m: tuple(v) for m, v in r["measures"].items()},
-                                          r["settings"]) for r in rows.values()])
+        table = format_table([module.stored_row(r) for r in rows.values()])
         for line in table.splitlines()[2:]:
             assert line in section, f"{model}: {line.split(' |')[0]} not as stored"
         shipped = module.pipeline_fingerprint(DreamLayerPipeline.from_pretrained(model))
