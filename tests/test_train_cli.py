@@ -146,6 +146,7 @@ def test_resume_from_the_saved_config_says_from_which_step(tmp_path):
     assert [int(s) for s, *_ in logged] == [1, 2], first.stdout
     assert all(float(tflops) > 0 and float(mfu) > 0 for _, tflops, mfu in logged)
     assert _events(work)["train/mfu"] == [1, 2]
+    assert _events(work)["train/t_mean"] == [1, 2]  # the batch's mean timestep
     # no --config, no repeated --set: the saved config, one more step
     second = run(ROOT / "train.py", "--workdir", work, "--resume", "--set", "num_steps=3")
     assert second.returncode == 0, second.stderr[-2000:]

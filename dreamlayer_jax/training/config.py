@@ -71,6 +71,9 @@ FIELD_HELP: dict[str, str] = {
     "min_snr_gamma": "min-SNR loss weighting gamma; 0 = off",
     "timestep_range": "(low, high): train on timesteps low <= t < high only (a noise-level "
                       "expert, e.g. (0, 250) to fine-tune the low-noise steps); (0, 0) = all",
+    "timestep_focus": "(low, high, p): each scene's timestep drawn from low <= t < high with "
+                      "probability p, from the whole range otherwise (more of the steps where "
+                      "the sampler lays objects out); p = 0 = uniform",
     "edge_loss_weight": "foreground layers' loss weighted 1 + w at their alpha edges, "
                         "renormalised per layer (losses.edge_weights); 0 = uniform",
     "role_loss_weights": "loss weights of (background, foregrounds, global)",
@@ -140,6 +143,7 @@ class TrainConfig:
     prediction_type: str = ""  # "" = the scheduler's
     min_snr_gamma: float = 0.0  # 0 = off
     timestep_range: tuple[int, int] = (0, 0)  # low <= t < high; (0, 0) = every timestep
+    timestep_focus: tuple[int, int, float] = (0, 0, 0.0)  # (low, high, p); p = 0 = uniform
     role_loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # bg, fg, global
     edge_loss_weight: float = 0.0  # foregrounds' loss towards their alpha edges; 0 = off
     slot_buckets: bool = False  # pad each batch only as far as its scenes need
@@ -218,6 +222,12 @@ class TrainConfig:
         if (low, high) != (0, 0) and not 0 <= low < high:
             raise ConfigError(f"train config: timestep_range={self.timestep_range!r} must be "
                               "(low, high) with 0 <= low < high, or (0, 0) for all timesteps")
+        f_low, f_high, f_prob = self.timestep_focus
+        if not 0 <= f_prob <= 1 or (f_prob and not 0 <= f_low < f_high) or (
+                f_prob and high and not low <= f_low < f_high <= high):
+            raise ConfigError(f"train config: timestep_focus={self.timestep_focus!r} must be "
+                              "(low, high, p) with 0 <= low < high (inside timestep_range) and "
+                              "p in [0, 1]")
         if min(self.warmup_steps, self.sample_every, self.min_snr_gamma,
                self.edge_loss_weight, self.cooldown_steps) < 0:
             raise ConfigError("train config: warmup_steps, sample_every, min_snr_gamma, "

@@ -18,8 +18,9 @@ from dreamlayer_jax.training.events import EventWriter
 
 SCALARS = ("loss", "grad_norm", "lr", "steps_per_second", "skipped",
            "seconds_per_step", "examples_per_second", "tflops_per_device", "mfu",
-           # the loss terms and the paper variant's prompt-overflow count, where present
-           "loss_noise", "loss_context", "loss_layout", "prompt_overflow")
+           # the batch's mean timestep (a `timestep_focus` shows in it), the loss terms
+           # and the paper variant's prompt-overflow count, where present
+           "t_mean", "loss_noise", "loss_context", "loss_layout", "prompt_overflow")
 
 
 def over_checkerboard(rgba: np.ndarray, cell: int = 4) -> np.ndarray:

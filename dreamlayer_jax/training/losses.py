@@ -19,6 +19,10 @@ counted in `mask`; 0 when there is none.
 layer's denoising loss towards its alpha edges: a shape lives in the few pixels around
 its silhouette, a colour in the whole body, so under a uniform loss the shape term is
 small and learnt late (docs/BUILTIN.md, "Why it draws no shapes").
+
+`sample_timesteps` draws the scenes' timesteps: uniform over a range, or with a share
+of them from a focus band (`TrainConfig.timestep_focus`), e.g. the high-noise steps
+where the sampler lays objects out and the shape word matters.
 """
 
 from __future__ import annotations
@@ -29,6 +33,20 @@ import jax
 import jax.numpy as jnp
 
 from dreamlayer_jax.schedulers.forward_process import snr
+
+
+def sample_timesteps(key: jax.Array, batch: int, t_range: tuple[int, int],
+                     focus: tuple[int, int, float] = (0, 0, 0.0)) -> jax.Array:
+    """`int32[B]` timesteps, one per scene: uniform over `low <= t < high` of `t_range`,
+    or, with probability `p` of `focus = (f_low, f_high, p)` per scene, uniform over
+    `f_low <= t < f_high`. Without a focus it draws exactly `randint(key, ...)`."""
+    f_low, f_high, prob = focus
+    if not prob:
+        return jax.random.randint(key, (batch,), *t_range)
+    key_t, key_focus, key_pick = jax.random.split(key, 3)
+    t = jax.random.randint(key_t, (batch,), *t_range)
+    focused = jax.random.randint(key_focus, (batch,), f_low, f_high)
+    return jnp.where(jax.random.uniform(key_pick, (batch,)) < prob, focused, t)
 
 
 def min_snr_weights(sched, t: jax.Array, gamma: float, prediction_type: str) -> jax.Array:

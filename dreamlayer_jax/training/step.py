@@ -47,6 +47,7 @@ from dreamlayer_jax.training.losses import (
     masked_layer_loss,
     min_snr_weights,
     role_weights,
+    sample_timesteps,
 )
 from dreamlayer_jax.training.optimizer import learning_rate_schedule, trained_mask
 from dreamlayer_jax.training.state import TrainState, ema_decay_at, ema_update
@@ -196,6 +197,10 @@ def make_loss_fn(cfg: TrainConfig, unet_graph: nnx.GraphDef,
     if t_high > num_train_timesteps:
         raise ConfigError(f"train config: timestep_range={cfg.timestep_range!r} reaches past "
                           f"the scheduler's {num_train_timesteps} timesteps")
+    f_low, f_high, f_prob = cfg.timestep_focus
+    if f_prob and f_high > t_high:
+        raise ConfigError(f"train config: timestep_focus={cfg.timestep_focus!r} reaches past "
+                          f"the scheduler's {num_train_timesteps} timesteps")
     compute_dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
     paper = paper_special_ids is not None
     layer_mesh = mesh if mesh is not None and mesh.shape["layer"] > 1 else None
@@ -231,7 +236,7 @@ def make_loss_fn(cfg: TrainConfig, unet_graph: nnx.GraphDef,
         b, num_layers = layer_valid.shape
         x0, text, added, tokens, alphas, token_count = conditioning(text_params, batch)
         key_t, key_noise = jax.random.split(key)
-        t = jax.random.randint(key_t, (b,), t_low, t_high)  # one t per scene
+        t = sample_timesteps(key_t, b, (t_low, t_high), cfg.timestep_focus)  # one per scene
         noise = jax.random.normal(key_noise, x0.shape, jnp.float32)
         x_t = add_noise(sched, x0, noise, t)
         target = get_target(sched, x0, noise, t, prediction_type)
