@@ -223,8 +223,7 @@ class TrainConfig:
             raise ConfigError(f"train config: timestep_range={self.timestep_range!r} must be "
                               "(low, high) with 0 <= low < high, or (0, 0) for all timesteps")
         f_low, f_high, f_prob = self.timestep_focus
-        if not 0 <= f_prob <= 1 or (f_prob and not 0 <= f_low < f_high) or (
-                f_prob and high and not low <= f_low < f_high <= high):
+        if not 0 <= f_prob <= 1 or (f_prob and not low <= f_low < f_high <= (high or math.inf)):
             raise ConfigError(f"train config: timestep_focus={self.timestep_focus!r} must be "
                               "(low, high, p) with 0 <= low < high (inside timestep_range) and "
                               "p in [0, 1]")

@@ -194,13 +194,11 @@ def make_loss_fn(cfg: TrainConfig, unet_graph: nnx.GraphDef,
     prediction_type = cfg.prediction_type or sched.config.prediction_type
     num_train_timesteps = int(sched.config.num_train_timesteps)
     t_low, t_high = cfg.timestep_range if cfg.timestep_range[1] else (0, num_train_timesteps)
-    if t_high > num_train_timesteps:
-        raise ConfigError(f"train config: timestep_range={cfg.timestep_range!r} reaches past "
-                          f"the scheduler's {num_train_timesteps} timesteps")
-    f_low, f_high, f_prob = cfg.timestep_focus
-    if f_prob and f_high > t_high:
-        raise ConfigError(f"train config: timestep_focus={cfg.timestep_focus!r} reaches past "
-                          f"the scheduler's {num_train_timesteps} timesteps")
+    _, f_high, f_prob = cfg.timestep_focus
+    for name, high in (("timestep_range", t_high), ("timestep_focus", f_high if f_prob else 0)):
+        if high > num_train_timesteps:
+            raise ConfigError(f"train config: {name}={getattr(cfg, name)!r} reaches past the "
+                              f"scheduler's {num_train_timesteps} timesteps")
     compute_dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
     paper = paper_special_ids is not None
     layer_mesh = mesh if mesh is not None and mesh.shape["layer"] > 1 else None
