@@ -12,8 +12,7 @@ builtin-v2`):
 Its export, after 21200 + 11800 steps, is the shipped `builtin:box` (session 17; sessions
 15 and 16 shipped the same run's branches cooled from its steps 4000 and 7400). The 11800
 steps took about four hours on the 2-core CPU (0.8-1.2 s a step alone, 1.4-2.0 s beside
-another job);
-docs/BUILTIN.md has the curve and the measures.
+another job); docs/BUILTIN.md has the curve and the measures.
 """
 
 from __future__ import annotations
