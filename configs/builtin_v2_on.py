@@ -9,10 +9,11 @@ builtin-v2`):
 
     python train.py --config configs/builtin_v2_on.py --workdir runs/builtin_v2_on --resume
 
-Its export, after 21200 + 19400 steps, is the shipped `builtin:box` (session 19; sessions
-15-17 shipped the same run's branches cooled from its steps 4000, 7400 and 11400). The
-19400 steps took about six and a half hours on the 2-core CPU (0.8-1.2 s a step alone,
-1.4-2.0 s beside another job); docs/BUILTIN.md has the curve and the measures.
+Its export, after 21200 + 19400 steps, was `builtin:box` in session 19 (sessions 15-17
+shipped the same run's branches cooled from its steps 4000, 7400 and 11400);
+`configs/builtin_v2_on2.py` trains it on to the shipped one. The 19400 steps took about
+six and a half hours on the 2-core CPU (0.8-1.2 s a step alone, 1.4-2.0 s beside another
+job); docs/BUILTIN.md has the curve and the measures.
 """
 
 from __future__ import annotations
