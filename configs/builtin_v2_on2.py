@@ -30,4 +30,4 @@ ARCHITECTURE: dict[str, Any] = _ON.ARCHITECTURE
 
 def get_config() -> dict[str, Any]:
     return {**_ON.get_config(), "model": _V1.repo_path("runs/builtin_v2_on/export"),
-            "num_steps": 5800, "cooldown_steps": 400}
+            "num_steps": 5800}
